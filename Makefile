@@ -1,0 +1,36 @@
+# Two commands for a fresh machine: `make demo` and `make test` (both install first when needed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# Where the system python already has a CUDA torch (a GPU image), the venv sees it; otherwise the
+# CPU wheel torch==2.13.0 goes in first so that nothing pulls GBs of CUDA packages.
+$(STAMP): pyproject.toml
+	@if $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+		echo "CUDA torch found on $(PYTHON): venv uses system site-packages"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+		$(PY) -m pip install -q --upgrade pip; \
+		$(PY) -m pip install -q torch==2.13.0; \
+	fi
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/dfd-ray demo --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) jobs/bench_synth.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

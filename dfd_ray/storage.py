@@ -1,0 +1,73 @@
+"""Object-store access over any fsspec URL: plain paths, file://, s3:// (AWS_ENDPOINT_URL honoured).
+
+s3fs reads the endpoint only from `client_kwargs`; pyarrow's S3FileSystem() ignores the variable
+altogether (DESIGN §5), so every filesystem in dfd-ray comes from here.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import fsspec
+import pyarrow.fs as pafs
+from fsspec.core import url_to_fs
+
+
+def _storage_options(uri: str) -> dict:
+    if uri.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        return {"client_kwargs": {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}}
+    return {}
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for `uri`."""
+    fs, path = url_to_fs(uri, **_storage_options(uri))
+    return fs, path
+
+
+def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem wrapping the same fsspec filesystem (for pyarrow and Ray Data)."""
+    fs, path = filesystem(uri)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def join(uri: str, *parts: str) -> str:
+    if "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{posixpath.join(rest, *parts)}"
+    return os.path.join(uri, *parts)
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    fs.invalidate_cache()
+    return fs.exists(path)
+
+
+def list_files(uri: str, pattern: str) -> list[str]:
+    """Full URIs of files directly under `uri` whose names match the glob `pattern`, sorted."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache()  # s3fs caches listings; a writer in this process may have added files
+    found = fs.glob(posixpath.join(path.rstrip("/"), pattern))
+    protocol = uri.split("://", 1)[0] + "://" if "://" in uri and not uri.startswith("file://") else ""
+    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in found)
