@@ -329,8 +329,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        scene = f" scene {self.scene_id!r}" if self.scene_id is not None else ""
-        return f"{self.shard}:{scene}: {self.message}"
+        scene = f": scene {self.scene_id!r}" if self.scene_id is not None else ""
+        return f"{self.shard}{scene}: {self.message}"
 
 
 _SHARD_NAME = re.compile(r"part-\d{5}\.parquet$")

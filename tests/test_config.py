@@ -1,0 +1,59 @@
+import pytest
+
+from dfd_ray import cli, synth
+from dfd_ray.config import ConfigError, load_config, save_config
+
+
+def test_defaults_and_overrides_are_typed():
+    cfg = load_config(synth.SynthConfig, ["out=/tmp/x", "height=64", "noise_std=0", "min_depth=0.2"])
+    assert isinstance(cfg, synth.SynthConfig)
+    assert (cfg.height, cfg.width, cfg.noise_std, cfg.min_depth) == (64, 128, 0.0, 0.2)
+
+
+def test_unknown_key_names_key_and_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key 'heigth'.*'height'"):
+        load_config(synth.SynthConfig, ["out=/tmp/x", "heigth=64"])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"config key 'n_scenes'.*could not be converted to Integer"):
+        load_config(synth.SynthConfig, ["out=/tmp/x", "n_scenes=many"])
+
+
+def test_invalid_choice_lists_choices():
+    with pytest.raises(ConfigError, match=r"'preset'.*valid choices: \['fod500', 'nyuv2'\]"):
+        load_config(synth.SynthConfig, ["out=/tmp/x", "preset=canon"])
+
+
+def test_range_checks_run_at_load():
+    with pytest.raises(ConfigError, match="min_depth"):
+        load_config(synth.SynthConfig, ["out=/tmp/x", "min_depth=2", "max_depth=1"])
+
+
+def test_missing_required_and_malformed_override():
+    with pytest.raises(ConfigError, match=r"'out' is required"):
+        load_config(synth.SynthConfig, [])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(synth.SynthConfig, ["out"])
+
+
+def test_yaml_layer_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("out: /tmp/y\nheight: 32\nwidth: 48\n")
+    cfg = load_config(synth.SynthConfig, ["width=40"], yaml_uri=str(path))
+    assert (cfg.out, cfg.height, cfg.width) == ("/tmp/y", 32, 40)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(synth.SynthConfig, [], yaml_uri=str(tmp_path / "nope.yaml"))
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(synth.SynthConfig, [f"out={tmp_path}", "seed=7"])
+    uri = save_config(cfg, str(tmp_path))
+    assert load_config(synth.SynthConfig, [], yaml_uri=uri) == cfg
+
+
+def test_cli_config_error_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli.main(["synth", "--out", str(out), "n_scenes=-3"]) == 2
+    assert "config error" in capsys.readouterr().err
+    assert not out.exists()
