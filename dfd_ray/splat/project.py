@@ -1,0 +1,133 @@
+"""Projection of 3D Gaussians to 2D, with thin-lens defocus (DESIGN §3). Plain PyTorch, any device.
+
+Both compositor backends take the output of `project`; only the compositing differs between
+them. The perspective Jacobian clamps x/z and y/z just outside the field of view the way gsplat
+does, so that the two backends see identical 2D Gaussians.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dfd_ray.splat.scene import Camera, SceneSplats
+
+ALPHA_THRESHOLD = 1.0 / 255.0  # a Gaussian below this alpha at a pixel is skipped there
+EPS2D = 0.3  # pixels²: gsplat's screen-space dilation, keeps every splat at least a pixel wide
+NEAR_PLANE = 0.01  # metres
+
+
+@dataclass
+class Projected:
+    """2D Gaussians in pixel coordinates; Gaussians behind the near plane have opacity 0."""
+
+    means2d: torch.Tensor  # (N, 2) pixels, pixel centres at +0.5
+    conics: torch.Tensor  # (N, 3) upper triangle (a, b, c) of the inverse 2D covariance
+    opacities: torch.Tensor  # (N,) after the defocus energy compensation
+    depths: torch.Tensor  # (N,) camera z, metres
+    radii: torch.Tensor  # (N, 2) int: half-widths of the box that holds alpha >= 1/255
+
+
+def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(*quats.shape[:-1], 3, 3)
+
+
+def covariance_3d(quats: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    m = quat_to_rotmat(quats) * torch.exp(log_scales)[..., None, :]  # R S
+    return m @ m.transpose(-1, -2)
+
+
+def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+    """EWA projection: (means2d (N, 2) pixels, cov2d (N, 2, 2) pixels²), without dilation."""
+    x, y, z = means.unbind(-1)
+    fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
+    tan_fovx, tan_fovy = 0.5 * camera.width / fx, 0.5 * camera.height / fy
+    lim_x_pos, lim_x_neg = (camera.width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
+    lim_y_pos, lim_y_neg = (camera.height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    tx = z * torch.clamp(x / z, -lim_x_neg, lim_x_pos)
+    ty = z * torch.clamp(y / z, -lim_y_neg, lim_y_pos)
+    zero = torch.zeros_like(z)
+    jac = torch.stack(
+        [fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2], dim=-1
+    ).reshape(-1, 2, 3)
+    cov2d = jac @ cov3d @ jac.transpose(-1, -2)
+    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
+    return means2d, cov2d
+
+
+def thin_lens_coc_px(
+    depths: torch.Tensor, focus_distance: torch.Tensor | float, aperture: torch.Tensor | float, camera: Camera
+) -> torch.Tensor:
+    """Signed CoC diameter in pixels: A v / p (1/s - 1/z) with v = s f / (s - f) (DESIGN §2).
+
+    Differentiable in focus distance and aperture diameter (metres); aperture 0 is a pinhole.
+    """
+    f = camera.focal_length
+    image_distance = focus_distance * f / (focus_distance - f)
+    return aperture * image_distance / camera.pixel_size * (1.0 / focus_distance - 1.0 / depths)
+
+
+def sample_coc_map(coc_map: torch.Tensor, means2d: torch.Tensor) -> torch.Tensor:
+    """CoC (pixels) of a per-pixel map (H, W) at each projected centre, bilinear, border-clamped."""
+    h, w = coc_map.shape
+    grid = torch.stack([means2d[:, 0] / w * 2 - 1, means2d[:, 1] / h * 2 - 1], dim=-1)
+    sampled = torch.nn.functional.grid_sample(
+        coc_map[None, None], grid[None, None].to(coc_map.dtype), mode="bilinear",
+        padding_mode="border", align_corners=False,
+    )
+    return sampled.reshape(-1)
+
+
+def project(
+    splats: SceneSplats,
+    focus_distance: torch.Tensor | float | None = None,
+    aperture: torch.Tensor | float | None = None,
+    coc_map: torch.Tensor | None = None,
+    eps2d: float = EPS2D,
+) -> Projected:
+    """Project the splats, blurring each by its CoC (DESIGN §3).
+
+    The CoC comes from the thin lens at `focus_distance` (metres; `aperture` diameter in metres,
+    default the camera's f / N), or from `coc_map` (H, W, pixels) sampled at each projected
+    centre. Neither: a pinhole render. A uniform disc of diameter c has per-axis variance c²/16,
+    added to the 2D covariance; the opacity is scaled by sqrt(det Σ / det(Σ + σ² I)) so that the
+    splat's energy stays the same as it spreads.
+    """
+    camera = splats.camera
+    cov3d = covariance_3d(splats.quats, splats.log_scales)
+    means2d, cov2d = perspective_2d(splats.means, cov3d, camera)
+    depths = splats.means[:, 2]
+    eye = torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
+    cov2d = cov2d + eps2d * eye
+    opacities = torch.sigmoid(splats.opacity_logits)
+    if coc_map is not None:
+        if focus_distance is not None:
+            raise ValueError("give either focus_distance or coc_map, not both")
+        if coc_map.shape != (camera.height, camera.width):
+            raise ValueError(f"coc_map must be {camera.height}x{camera.width} pixels, got {tuple(coc_map.shape)}")
+        coc = sample_coc_map(coc_map, means2d)
+    elif focus_distance is not None:
+        coc = thin_lens_coc_px(depths, focus_distance, camera.aperture if aperture is None else aperture, camera)
+    else:
+        coc = None
+    if coc is not None:
+        blurred = cov2d + (coc**2 / 16.0)[:, None, None] * eye
+        opacities = opacities * torch.sqrt(torch.det(cov2d) / torch.det(blurred))
+        cov2d = blurred
+    det = torch.det(cov2d)
+    conics = torch.stack([cov2d[:, 1, 1] / det, -cov2d[:, 0, 1] / det, cov2d[:, 0, 0] / det], dim=-1)
+    opacities = torch.where(depths >= NEAR_PLANE, opacities, torch.zeros_like(opacities))  # as gsplat: z == near kept
+    with torch.no_grad():
+        # Box half-widths of the ellipse where opacity * exp(-q/2) >= 1/255, axis by axis.
+        extend = torch.sqrt(2 * torch.log((opacities / ALPHA_THRESHOLD).clamp_min(1.0)))
+        radii = torch.ceil(extend[:, None] * torch.sqrt(torch.stack([cov2d[:, 0, 0], cov2d[:, 1, 1]], -1)))
+    return Projected(means2d, conics, opacities, depths, radii.to(torch.int64))

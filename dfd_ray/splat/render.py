@@ -1,0 +1,60 @@
+"""The renderer's front door: one `render` call, backends chosen by tensor device.
+
+    render(splats, focus_distance=s)   thin-lens defocus at focus distance s (metres)
+    render(splats, coc_map=c)          each Gaussian blurred by the CoC map (pixels) at its centre
+    render(splats)                     pinhole (everything sharp)
+
+Backends mirror each other: projection and defocus are shared PyTorch (`project.py`); the
+compositing is `composite_torch` (any device; the CPU path) or `composite_gsplat` (CUDA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dfd_ray.splat import composite_torch
+from dfd_ray.splat.project import project
+from dfd_ray.splat.scene import SceneSplats
+
+BACKENDS = ("auto", "torch", "gsplat")
+
+
+@dataclass
+class RenderOutput:
+    image: torch.Tensor  # (H, W, 3) linear RGB
+    depth: torch.Tensor  # (H, W) expected depth of the composited splats, metres
+    alpha: torch.Tensor  # (H, W) accumulated opacity
+
+
+def choose_backend(device: torch.device, backend: str = "auto") -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r}; valid choices: {list(BACKENDS)}")
+    if backend == "gsplat" and device.type != "cuda":
+        raise ValueError(f"the gsplat backend needs CUDA tensors, got tensors on {device}")
+    if backend == "auto":
+        return "gsplat" if device.type == "cuda" else "torch"
+    return backend
+
+
+def render(
+    splats: SceneSplats,
+    focus_distance: torch.Tensor | float | None = None,
+    aperture: torch.Tensor | float | None = None,
+    coc_map: torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> RenderOutput:
+    """Render the splats through their camera; differentiable in every input tensor."""
+    cam = splats.camera
+    proj = project(splats, focus_distance=focus_distance, aperture=aperture, coc_map=coc_map)
+    if choose_backend(splats.means.device, backend) == "gsplat":
+        from dfd_ray.splat import composite_gsplat
+
+        image, depth, alpha = composite_gsplat.composite(proj, splats.colors, cam.width, cam.height)
+    else:
+        image, depth, alpha = composite_torch.composite(proj, splats.colors, cam.width, cam.height)
+    if background is not None:
+        image = image + (1 - alpha)[..., None] * background
+    return RenderOutput(image, depth, alpha)

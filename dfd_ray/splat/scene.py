@@ -1,0 +1,124 @@
+"""Per-scene Gaussians seen by one fixed thin-lens camera, and their storage.
+
+Camera frame: x right, y down, z forward (metres); pixel (u, v) has its centre at (u + 0.5, v + 0.5).
+Colours are linear RGB. Parameters are stored unconstrained (log scales, opacity logits) so an
+optimiser can move them freely.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from dfd_ray import storage
+
+SPLAT_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole intrinsics (pixels) plus the thin lens that blurs what is off focus.
+
+    fx = fy = focal_length / pixel_size: the lens at infinity focus. Focus breathing (the small
+    magnification change as the lens refocuses) is ignored; the CoC itself uses the exact image
+    distance of each focus setting (DESIGN §2).
+    """
+
+    width: int
+    height: int
+    focal_length: float  # metres
+    f_number: float
+    pixel_size: float  # metres per pixel
+
+    @property
+    def fx(self) -> float:
+        return self.focal_length / self.pixel_size
+
+    @property
+    def fy(self) -> float:
+        return self.fx
+
+    @property
+    def cx(self) -> float:
+        return self.width / 2.0
+
+    @property
+    def cy(self) -> float:
+        return self.height / 2.0
+
+    @property
+    def aperture(self) -> float:
+        """Aperture diameter A = f / N, metres."""
+        return self.focal_length / self.f_number
+
+    @classmethod
+    def from_stack(cls, stack) -> Camera:
+        return cls(stack.width, stack.height, stack.focal_length, stack.f_number, stack.pixel_size)
+
+
+@dataclass
+class SceneSplats:
+    """N Gaussians in the camera frame. All tensors share one device and dtype."""
+
+    means: torch.Tensor  # (N, 3) metres
+    log_scales: torch.Tensor  # (N, 3) log metres
+    quats: torch.Tensor  # (N, 4) (w, x, y, z), normalised on use
+    opacity_logits: torch.Tensor  # (N,)
+    colors: torch.Tensor  # (N, 3) linear RGB
+    camera: Camera
+
+    @property
+    def n(self) -> int:
+        return int(self.means.shape[0])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "camera"}
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SceneSplats:
+        moved = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in self.tensors().items()}
+        return SceneSplats(**moved, camera=self.camera)
+
+    def detach(self) -> SceneSplats:
+        return SceneSplats(**{k: v.detach() for k, v in self.tensors().items()}, camera=self.camera)
+
+    def requires_grad_(self) -> SceneSplats:
+        for v in self.tensors().values():
+            v.requires_grad_(True)
+        return self
+
+
+def save_splats(splats: SceneSplats, uri: str, extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write the splats (and optional extra arrays, e.g. depth maps) as an .npz to any fsspec URI.
+
+    npz with allow_pickle=False on load: no code runs when a file is read.
+    """
+    cam = splats.camera
+    arrays = {k: v.detach().cpu().numpy() for k, v in splats.tensors().items()}
+    arrays["camera"] = np.array([cam.width, cam.height, cam.focal_length, cam.f_number, cam.pixel_size], np.float64)
+    arrays["format_version"] = np.array(SPLAT_FORMAT_VERSION)
+    for key, value in (extra or {}).items():
+        arrays[f"extra_{key}"] = np.asarray(value)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def load_splats(uri: str, device: str | torch.device = "cpu") -> tuple[SceneSplats, dict[str, np.ndarray]]:
+    """Read splats written by `save_splats`: (splats, extra arrays)."""
+    try:
+        data = np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no splats at {uri}") from None
+    except Exception as exc:
+        raise ValueError(f"{uri}: not a dfd-ray splat file: {exc}") from None
+    if "format_version" not in data or int(data["format_version"]) != SPLAT_FORMAT_VERSION:
+        raise ValueError(f"{uri}: unsupported splat format (expected version {SPLAT_FORMAT_VERSION})")
+    w, h, f, n, p = data["camera"].tolist()
+    camera = Camera(int(w), int(h), f, n, p)
+    names = [f.name for f in fields(SceneSplats) if f.name != "camera"]
+    splats = SceneSplats(**{k: torch.from_numpy(data[k]).to(device) for k in names}, camera=camera)
+    extra = {k.removeprefix("extra_"): data[k] for k in data.files if k.startswith("extra_")}
+    return splats, extra

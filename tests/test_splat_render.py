@@ -1,0 +1,182 @@
+"""The sparse compositor against a dense all-pairs oracle, and the physics of the defocus blur."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dfd_ray.splat import Camera, SceneSplats, render
+from dfd_ray.splat.composite_torch import MAX_ALPHA, T_MIN
+from dfd_ray.splat.project import ALPHA_THRESHOLD, project
+
+CAM = Camera(width=24, height=20, focal_length=2.9e-3, f_number=1.0, pixel_size=3.1e-3 / 256)
+
+
+def random_splats(n: int, seed: int, cam: Camera = CAM, dtype=torch.float64) -> SceneSplats:
+    g = torch.Generator().manual_seed(seed)
+    z = 0.15 + 0.6 * torch.rand(n, generator=g, dtype=dtype)
+    u = torch.rand(n, generator=g, dtype=dtype) * (cam.width + 8) - 4
+    v = torch.rand(n, generator=g, dtype=dtype) * (cam.height + 8) - 4
+    means = torch.stack([(u - cam.cx) * z / cam.fx, (v - cam.cy) * z / cam.fy, z], -1)
+    log_scales = torch.log(z[:, None] / cam.fx * (0.3 + 2.5 * torch.rand(n, 3, generator=g, dtype=dtype)))
+    return SceneSplats(
+        means=means,
+        log_scales=log_scales,
+        quats=torch.randn(n, 4, generator=g, dtype=dtype),
+        opacity_logits=torch.randn(n, generator=g, dtype=dtype) * 2,
+        colors=torch.rand(n, 3, generator=g, dtype=dtype),
+        camera=cam,
+    )
+
+
+def dense_oracle(splats: SceneSplats, **kwargs):
+    """All (pixel, Gaussian) pairs, Gaussians visited front to back one by one, as gsplat's kernel does."""
+    cam = splats.camera
+    p = project(splats, **kwargs)
+    ys, xs = torch.meshgrid(torch.arange(cam.height, dtype=p.means2d.dtype),
+                            torch.arange(cam.width, dtype=p.means2d.dtype), indexing="ij")
+    T = torch.ones(cam.height, cam.width, dtype=p.means2d.dtype)
+    done = torch.zeros(cam.height, cam.width, dtype=torch.bool)
+    image = torch.zeros(cam.height, cam.width, 3, dtype=p.means2d.dtype)
+    depth = torch.zeros(cam.height, cam.width, dtype=p.means2d.dtype)
+    for i in torch.argsort(p.depths, stable=True).tolist():
+        dx, dy = xs + 0.5 - p.means2d[i, 0], ys + 0.5 - p.means2d[i, 1]
+        a, b, c = p.conics[i]
+        power = 0.5 * (a * dx**2 + c * dy**2) + b * dx * dy
+        alpha = torch.clamp_max(p.opacities[i] * torch.exp(-power), MAX_ALPHA)
+        use = (alpha >= ALPHA_THRESHOLD) & (power >= 0) & ~done
+        next_T = T * (1 - alpha)
+        stop = use & (next_T <= T_MIN)
+        done = done | stop
+        use = use & ~stop
+        w = torch.where(use, alpha * T, torch.zeros_like(alpha))
+        image = image + w[..., None] * splats.colors[i]
+        depth = depth + w * p.depths[i]
+        T = torch.where(use, next_T, T)
+    acc = 1 - T
+    return image, depth / acc.clamp_min(1e-10), acc
+
+
+def _rel(a, b):
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("mode", ["pinhole", "focus", "coc_map"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparse_matches_dense_oracle_values_and_gradients(mode, seed):
+    splats = random_splats(40, seed).requires_grad_()
+    kwargs = {}
+    if mode == "focus":
+        kwargs = {"focus_distance": torch.tensor(0.3, dtype=torch.float64, requires_grad=True)}
+    elif mode == "coc_map":
+        g = torch.Generator().manual_seed(seed)
+        kwargs = {"coc_map": (4 * torch.rand(CAM.height, CAM.width, generator=g, dtype=torch.float64)).requires_grad_()}
+    out = render(splats, **kwargs)
+    ref_image, ref_depth, ref_alpha = dense_oracle(splats, **kwargs)
+    assert _rel(out.image, ref_image) <= 1e-5
+    assert _rel(out.alpha, ref_alpha) <= 1e-5
+    mask = ref_alpha > 1e-3
+    assert _rel(out.depth[mask], ref_depth[mask]) <= 1e-5
+    assert ref_alpha.max() > 0.5  # the scene is not empty
+    g = torch.Generator().manual_seed(100 + seed)
+    w_img = torch.randn(out.image.shape, generator=g, dtype=torch.float64)
+    w_dep = torch.randn(out.depth.shape, generator=g, dtype=torch.float64) * mask
+    inputs = [*splats.tensors().values(), *kwargs.values()]
+    grads = torch.autograd.grad((out.image * w_img).sum() + (out.depth * w_dep).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref_image * w_img).sum() + (ref_depth * w_dep).sum(), inputs)
+    for name, got, want in zip([*splats.tensors(), *kwargs], grads, ref_grads):
+        assert _rel(got, want) <= 1e-5, name
+
+
+def test_opaque_pixels_stop_at_transmittance_floor():
+    """Many opaque splats on one pixel: compositing stops like gsplat's, so alpha stays < 1."""
+    n = 12
+    means = torch.tensor([[0.0, 0.0, 0.2 + 0.01 * i] for i in range(n)], dtype=torch.float64)
+    splats = SceneSplats(means, torch.full((n, 3), math.log(2e-4), dtype=torch.float64),
+                         torch.tensor([[1.0, 0, 0, 0]] * n, dtype=torch.float64),
+                         torch.full((n,), 10.0, dtype=torch.float64), torch.rand(n, 3, dtype=torch.float64), CAM)
+    out = render(splats)
+    ref = dense_oracle(splats)
+    assert torch.allclose(out.image, ref[0], rtol=1e-9, atol=1e-12)
+    centre = out.alpha[CAM.height // 2, CAM.width // 2]
+    assert 1 - centre > T_MIN  # stopped before the floor
+    assert centre > 0.999
+
+
+def test_zero_aperture_equals_pinhole():
+    splats = random_splats(60, 3)
+    pinhole = render(splats)
+    zero = render(splats, focus_distance=0.3, aperture=0.0)
+    assert torch.equal(pinhole.image, zero.image) and torch.equal(pinhole.alpha, zero.alpha)
+
+
+def _single(z: float, scale_px: float = 0.5, opacity: float = 0.2, cam: Camera = None) -> SceneSplats:
+    cam = cam or Camera(64, 64, 2.9e-3, 1.0, 3.1e-3 / 256)
+    s = scale_px * z / cam.fx
+    return SceneSplats(
+        means=torch.tensor([[0.0, 0.0, z]], dtype=torch.float64),
+        log_scales=torch.full((1, 3), math.log(s), dtype=torch.float64),
+        quats=torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64),
+        opacity_logits=torch.logit(torch.tensor([opacity], dtype=torch.float64)),
+        colors=torch.ones(1, 3, dtype=torch.float64),
+        camera=cam,
+    )
+
+
+def _moments(alpha: torch.Tensor):
+    h, w = alpha.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=alpha.dtype) + 0.5, torch.arange(w, dtype=alpha.dtype) + 0.5, indexing="ij")
+    m = alpha.sum()
+    mx, my = (alpha * xs).sum() / m, (alpha * ys).sum() / m
+    return m, ((alpha * (xs - mx) ** 2).sum() / m)
+
+
+def test_blur_conserves_energy_and_spreads_with_predicted_sigma():
+    z = 0.5
+    splat = _single(z, scale_px=1.5, opacity=0.9)  # wide enough that pixel sampling is exact
+    sharp_energy, sharp_var = _moments(render(splat, focus_distance=z).alpha)
+    pinhole_energy, pinhole_var = _moments(render(splat).alpha)
+    # In focus: identical to the pinhole render.
+    assert sharp_energy == pytest.approx(float(pinhole_energy), rel=1e-12)
+    assert sharp_var == pytest.approx(float(pinhole_var), rel=1e-12)
+    for s in (0.1, 0.15, 0.3, 1.5):
+        coc = float(CAM.aperture * (s * CAM.focal_length / (s - CAM.focal_length)) / CAM.pixel_size * abs(1 / s - 1 / z))
+        p = project(splat, focus_distance=s)
+        a, b, c = p.conics[0]
+        opacity = float(p.opacities[0])
+        integral = 2 * math.pi * opacity / math.sqrt(float(a * c - b * b))
+        # The model keeps the energy exactly: opacity · 2π sqrt(det Σ) does not change with blur.
+        p0 = project(splat)
+        a0, b0, c0 = p0.conics[0]
+        assert integral == pytest.approx(2 * math.pi * 0.9 / math.sqrt(float(a0 * c0 - b0 * b0)), rel=1e-12)
+        energy, var = _moments(render(splat, focus_distance=s).alpha)
+        # The render drops what lies under gsplat's alpha cut-off of 1/255: a share 1/(255 · opacity).
+        assert float(energy) == pytest.approx(integral * (1 - ALPHA_THRESHOLD / opacity), rel=0.03), s
+        # The model adds exactly c²/16 to the covariance ...
+        var_model = float(c / (a * c - b * b))
+        assert var_model == pytest.approx(float(c0 / (a0 * c0 - b0 * b0)) + coc**2 / 16, rel=1e-12)
+        # ... and the render shows it, less what the cut-off trims from the tails of an isotropic
+        # Gaussian cut at q = 1/(255 · opacity): a factor 1 - ln(1/q) q / (1 - q).
+        q = ALPHA_THRESHOLD / opacity
+        assert float(var) == pytest.approx(var_model * (1 - math.log(1 / q) * q / (1 - q)), rel=0.03), (s, coc)
+
+
+def test_gradcheck_focus_distance_and_coc_map():
+    splats = random_splats(15, 7)
+    s = torch.tensor(0.25, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda ss: render(splats, focus_distance=ss).image, (s,), atol=1e-6)
+    coc = (3 * torch.rand(CAM.height, CAM.width, dtype=torch.float64) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda cm: render(splats, coc_map=cm).image, (coc,), atol=1e-6, fast_mode=True)
+
+
+def test_bad_inputs():
+    splats = random_splats(5, 0)
+    with pytest.raises(ValueError, match="coc_map must be 20x24"):
+        render(splats, coc_map=torch.zeros(3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="either focus_distance or coc_map"):
+        render(splats, focus_distance=0.3, coc_map=torch.zeros(20, 24, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs CUDA"):
+        render(splats, backend="gsplat")
+    with pytest.raises(ValueError, match="valid choices"):
+        render(splats, backend="vulkan")
