@@ -34,17 +34,18 @@ def dense_oracle(splats: SceneSplats, **kwargs):
     """All (pixel, Gaussian) pairs, Gaussians visited front to back one by one, as gsplat's kernel does."""
     cam = splats.camera
     p = project(splats, **kwargs)
-    ys, xs = torch.meshgrid(torch.arange(cam.height, dtype=p.means2d.dtype),
-                            torch.arange(cam.width, dtype=p.means2d.dtype), indexing="ij")
-    T = torch.ones(cam.height, cam.width, dtype=p.means2d.dtype)
+    means2d, conics, opacities, depths = p.means2d[0], p.conics[0], p.opacities[0], p.depths[0]
+    ys, xs = torch.meshgrid(torch.arange(cam.height, dtype=means2d.dtype),
+                            torch.arange(cam.width, dtype=means2d.dtype), indexing="ij")
+    T = torch.ones(cam.height, cam.width, dtype=means2d.dtype)
     done = torch.zeros(cam.height, cam.width, dtype=torch.bool)
-    image = torch.zeros(cam.height, cam.width, 3, dtype=p.means2d.dtype)
-    depth = torch.zeros(cam.height, cam.width, dtype=p.means2d.dtype)
-    for i in torch.argsort(p.depths, stable=True).tolist():
-        dx, dy = xs + 0.5 - p.means2d[i, 0], ys + 0.5 - p.means2d[i, 1]
-        a, b, c = p.conics[i]
+    image = torch.zeros(cam.height, cam.width, 3, dtype=means2d.dtype)
+    depth = torch.zeros(cam.height, cam.width, dtype=means2d.dtype)
+    for i in torch.argsort(depths, stable=True).tolist():
+        dx, dy = xs + 0.5 - means2d[i, 0], ys + 0.5 - means2d[i, 1]
+        a, b, c = conics[i]
         power = 0.5 * (a * dx**2 + c * dy**2) + b * dx * dy
-        alpha = torch.clamp_max(p.opacities[i] * torch.exp(-power), MAX_ALPHA)
+        alpha = torch.clamp_max(opacities[i] * torch.exp(-power), MAX_ALPHA)
         use = (alpha >= ALPHA_THRESHOLD) & (power >= 0) & ~done
         next_T = T * (1 - alpha)
         stop = use & (next_T <= T_MIN)
@@ -52,7 +53,7 @@ def dense_oracle(splats: SceneSplats, **kwargs):
         use = use & ~stop
         w = torch.where(use, alpha * T, torch.zeros_like(alpha))
         image = image + w[..., None] * splats.colors[i]
-        depth = depth + w * p.depths[i]
+        depth = depth + w * depths[i]
         T = torch.where(use, next_T, T)
     acc = 1 - T
     return image, depth / acc.clamp_min(1e-10), acc
@@ -143,12 +144,12 @@ def test_blur_conserves_energy_and_spreads_with_predicted_sigma():
     for s in (0.1, 0.15, 0.3, 1.5):
         coc = float(CAM.aperture * (s * CAM.focal_length / (s - CAM.focal_length)) / CAM.pixel_size * abs(1 / s - 1 / z))
         p = project(splat, focus_distance=s)
-        a, b, c = p.conics[0]
-        opacity = float(p.opacities[0])
+        a, b, c = p.conics[0, 0]
+        opacity = float(p.opacities[0, 0])
         integral = 2 * math.pi * opacity / math.sqrt(float(a * c - b * b))
         # The model keeps the energy exactly: opacity · 2π sqrt(det Σ) does not change with blur.
         p0 = project(splat)
-        a0, b0, c0 = p0.conics[0]
+        a0, b0, c0 = p0.conics[0, 0]
         assert integral == pytest.approx(2 * math.pi * 0.9 / math.sqrt(float(a0 * c0 - b0 * b0)), rel=1e-12)
         energy, var = _moments(render(splat, focus_distance=s).alpha)
         # The render drops what lies under gsplat's alpha cut-off of 1/255: a share 1/(255 · opacity).
@@ -172,7 +173,7 @@ def test_gradcheck_focus_distance_and_coc_map():
 
 def test_bad_inputs():
     splats = random_splats(5, 0)
-    with pytest.raises(ValueError, match="coc_map must be 20x24"):
+    with pytest.raises(ValueError, match="coc_map must be 20x24 pixels"):
         render(splats, coc_map=torch.zeros(3, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="either focus_distance or coc_map"):
         render(splats, focus_distance=0.3, coc_map=torch.zeros(20, 24, dtype=torch.float64))
@@ -180,3 +181,18 @@ def test_bad_inputs():
         render(splats, backend="gsplat")
     with pytest.raises(ValueError, match="valid choices"):
         render(splats, backend="vulkan")
+
+
+def test_batched_render_equals_single_renders():
+    splats = random_splats(50, 4)
+    distances = [0.12, 0.3, 0.7]
+    batch = render(splats, focus_distance=torch.tensor(distances, dtype=torch.float64))
+    maps = torch.rand(2, CAM.height, CAM.width, dtype=torch.float64) * 3
+    batch_maps = render(splats, coc_map=maps)
+    assert batch.image.shape == (3, CAM.height, CAM.width, 3) and batch_maps.alpha.shape == (2, CAM.height, CAM.width)
+    for k, s in enumerate(distances):
+        single = render(splats, focus_distance=s)
+        assert torch.allclose(batch.image[k], single.image, rtol=1e-12, atol=1e-14)
+        assert torch.allclose(batch.depth[k], single.depth, rtol=1e-12, atol=1e-14)
+    for k in range(2):
+        assert torch.allclose(batch_maps.image[k], render(splats, coc_map=maps[k]).image, rtol=1e-12, atol=1e-14)

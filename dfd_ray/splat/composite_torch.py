@@ -19,48 +19,54 @@ T_MIN = 1e-4
 
 
 def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gaussian index, pixel index) of every pixel centre inside each Gaussian's box."""
+    """(flat Gaussian index into B·N, flat pixel index into B·H·W) of every pixel centre inside
+    each Gaussian's box, image by image."""
     with torch.no_grad():
-        mx, my = proj.means2d[:, 0], proj.means2d[:, 1]
-        rx, ry = proj.radii[:, 0], proj.radii[:, 1]
+        n_img, n = proj.opacities.shape
+        mx, my = proj.means2d[..., 0].reshape(-1), proj.means2d[..., 1].reshape(-1)
+        rx, ry = proj.radii[..., 0].reshape(-1), proj.radii[..., 1].reshape(-1)
         x0 = torch.ceil(mx - rx - 0.5).clamp(0, width).long()
         x1 = torch.floor(mx + rx - 0.5).clamp(-1, width - 1).long()
         y0 = torch.ceil(my - ry - 0.5).clamp(0, height).long()
         y1 = torch.floor(my + ry - 0.5).clamp(-1, height - 1).long()
         nx = (x1 - x0 + 1).clamp_min(0)
         ny = (y1 - y0 + 1).clamp_min(0)
-        visible = (proj.opacities >= ALPHA_THRESHOLD) & (rx > 0) & (ry > 0)
+        visible = (proj.opacities.reshape(-1) >= ALPHA_THRESHOLD) & (rx > 0) & (ry > 0)
         counts = torch.where(visible, nx * ny, torch.zeros_like(nx))
         gid = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
         local = torch.arange(len(gid), device=gid.device) - (torch.cumsum(counts, 0) - counts)[gid]
         px = x0[gid] + local % nx[gid]
         py = y0[gid] + torch.div(local, nx[gid], rounding_mode="floor")
-        return gid, py * width + px
+        image = torch.div(gid, n, rounding_mode="floor")
+        return gid, (image * height + py) * width + px
 
 
 def composite(
     proj: Projected, colors: torch.Tensor, width: int, height: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Render (image (H, W, C), expected depth (H, W) metres, alpha (H, W)).
+    """Render B images: (image (B, H, W, C), expected depth (B, H, W) metres, alpha (B, H, W)).
 
     `colors` (N, C) may carry any channels; depth is composited alongside them.
     """
+    n_img, n = proj.opacities.shape
     gid, pix = _pairs(proj, width, height)
-    n_pix = width * height
-    dx = (pix % width).to(proj.means2d.dtype) + 0.5 - proj.means2d[gid, 0]
-    dy = torch.div(pix, width, rounding_mode="floor").to(proj.means2d.dtype) + 0.5 - proj.means2d[gid, 1]
-    a, b, c = proj.conics[gid].unbind(-1)
+    means2d = proj.means2d.reshape(-1, 2)
+    local_pix = pix % (width * height)
+    dx = (local_pix % width).to(means2d.dtype) + 0.5 - means2d[gid, 0]
+    dy = torch.div(local_pix, width, rounding_mode="floor").to(means2d.dtype) + 0.5 - means2d[gid, 1]
+    a, b, c = proj.conics.reshape(-1, 3)[gid].unbind(-1)
     power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = torch.clamp_max(proj.opacities[gid] * torch.exp(-power), MAX_ALPHA)
+    alpha = torch.clamp_max(proj.opacities.reshape(-1)[gid] * torch.exp(-power), MAX_ALPHA)
+    depths = proj.depths.reshape(-1)
     with torch.no_grad():
         keep = (alpha >= ALPHA_THRESHOLD) & (power >= 0)
         gid, pix = gid[keep], pix[keep]
-        # Sort by pixel, then front to back within the pixel.
-        rank = torch.empty_like(proj.depths, dtype=torch.long)
-        rank[torch.argsort(proj.depths, stable=True)] = torch.arange(len(rank), device=rank.device)
+        # Sort by pixel, then front to back within the pixel (ties keep Gaussian order, as gsplat).
+        rank = torch.empty_like(depths, dtype=torch.long)
+        rank[torch.argsort(depths, stable=True)] = torch.arange(len(rank), device=rank.device)
         order = torch.argsort(pix * len(rank) + rank[gid], stable=True)
         gid, pix = gid[order], pix[order]
-        seg_pix, seg_len = torch.unique_consecutive(pix, return_counts=True)
+        _, seg_len = torch.unique_consecutive(pix, return_counts=True)
         seg_first = torch.cumsum(seg_len, 0) - seg_len
     alpha = alpha[keep][order]
     log_t = torch.log1p(-alpha.double())
@@ -70,10 +76,9 @@ def composite(
     t_after = torch.exp(inclusive - base)
     weight = (alpha.double() * t_before * (t_after > T_MIN)).to(alpha.dtype)
 
-    payload = torch.cat([colors[gid], proj.depths[gid, None], torch.ones_like(weight)[:, None]], dim=1)
-    acc = torch.zeros(n_pix, payload.shape[1], dtype=payload.dtype, device=payload.device)
-    acc = acc.index_add(0, pix, weight[:, None] * payload)
-    image = acc[:, :-2].reshape(height, width, -1)
-    alpha_px = acc[:, -1].reshape(height, width)
-    depth = (acc[:, -2] / acc[:, -1].clamp_min(1e-10)).reshape(height, width)
-    return image, depth, alpha_px
+    payload = torch.cat([colors[gid % n], depths[gid, None], torch.ones_like(weight)[:, None]], dim=1)
+    acc = torch.zeros(n_img * width * height, payload.shape[1], dtype=payload.dtype, device=payload.device)
+    acc = acc.index_add(0, pix, weight[:, None] * payload).reshape(n_img, height, width, -1)
+    alpha_px = acc[..., -1]
+    depth = acc[..., -2] / alpha_px.clamp_min(1e-10)
+    return acc[..., :-2], depth, alpha_px

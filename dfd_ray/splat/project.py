@@ -20,13 +20,16 @@ NEAR_PLANE = 0.01  # metres
 
 @dataclass
 class Projected:
-    """2D Gaussians in pixel coordinates; Gaussians behind the near plane have opacity 0."""
+    """B images' worth of 2D Gaussians in pixel coordinates (one row per image).
 
-    means2d: torch.Tensor  # (N, 2) pixels, pixel centres at +0.5
-    conics: torch.Tensor  # (N, 3) upper triangle (a, b, c) of the inverse 2D covariance
-    opacities: torch.Tensor  # (N,) after the defocus energy compensation
-    depths: torch.Tensor  # (N,) camera z, metres
-    radii: torch.Tensor  # (N, 2) int: half-widths of the box that holds alpha >= 1/255
+    Gaussians behind the near plane have opacity 0. All fields have leading dims (B, N).
+    """
+
+    means2d: torch.Tensor  # (B, N, 2) pixels, pixel centres at +0.5
+    conics: torch.Tensor  # (B, N, 3) upper triangle (a, b, c) of the inverse 2D covariance
+    opacities: torch.Tensor  # (B, N) after the defocus energy compensation
+    depths: torch.Tensor  # (B, N) camera z, metres
+    radii: torch.Tensor  # (B, N, 2) int: half-widths of the box that holds alpha >= 1/255
 
 
 def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
@@ -77,57 +80,73 @@ def thin_lens_coc_px(
 
 
 def sample_coc_map(coc_map: torch.Tensor, means2d: torch.Tensor) -> torch.Tensor:
-    """CoC (pixels) of a per-pixel map (H, W) at each projected centre, bilinear, border-clamped."""
-    h, w = coc_map.shape
-    grid = torch.stack([means2d[:, 0] / w * 2 - 1, means2d[:, 1] / h * 2 - 1], dim=-1)
+    """CoC (pixels) of per-pixel maps (B, H, W) at each projected centre (N, 2): (B, N).
+
+    Bilinear, clamped at the border, pixel centres at +0.5 (grid_sample with align_corners=False).
+    """
+    b, h, w = coc_map.shape
+    grid = torch.stack([means2d[:, 0] / w * 2 - 1, means2d[:, 1] / h * 2 - 1], dim=-1).to(coc_map.dtype)
     sampled = torch.nn.functional.grid_sample(
-        coc_map[None, None], grid[None, None].to(coc_map.dtype), mode="bilinear",
+        coc_map[:, None], grid[None, None].expand(b, 1, -1, -1), mode="bilinear",
         padding_mode="border", align_corners=False,
     )
-    return sampled.reshape(-1)
+    return sampled.reshape(b, -1)
+
+
+def _as_batch(value: torch.Tensor | float | list, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, 1)
 
 
 def project(
     splats: SceneSplats,
-    focus_distance: torch.Tensor | float | None = None,
+    focus_distance: torch.Tensor | float | list[float] | None = None,
     aperture: torch.Tensor | float | None = None,
     coc_map: torch.Tensor | None = None,
     eps2d: float = EPS2D,
 ) -> Projected:
-    """Project the splats, blurring each by its CoC (DESIGN §3).
+    """Project the splats once per image, blurring each Gaussian by its CoC (DESIGN §3).
 
-    The CoC comes from the thin lens at `focus_distance` (metres; `aperture` diameter in metres,
-    default the camera's f / N), or from `coc_map` (H, W, pixels) sampled at each projected
-    centre. Neither: a pinhole render. A uniform disc of diameter c has per-axis variance c²/16,
-    added to the 2D covariance; the opacity is scaled by sqrt(det Σ / det(Σ + σ² I)) so that the
-    splat's energy stays the same as it spreads.
+    The CoC comes from the thin lens at `focus_distance` (metres; a scalar or one per image;
+    `aperture` diameter in metres, default the camera's f / N), or from `coc_map` ((H, W) or
+    (B, H, W), pixels) sampled at each projected centre. Neither: one pinhole image. A uniform
+    disc of diameter c has per-axis variance c²/16, added to the 2D covariance; the opacity is
+    scaled by sqrt(det Σ / det(Σ + σ² I)) so that the splat's energy stays the same as it spreads.
     """
     camera = splats.camera
     cov3d = covariance_3d(splats.quats, splats.log_scales)
     means2d, cov2d = perspective_2d(splats.means, cov3d, camera)
     depths = splats.means[:, 2]
     eye = torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
-    cov2d = cov2d + eps2d * eye
-    opacities = torch.sigmoid(splats.opacity_logits)
+    cov2d = (cov2d + eps2d * eye)[None]  # (1, N, 2, 2)
+    opacities = torch.sigmoid(splats.opacity_logits)[None]
     if coc_map is not None:
         if focus_distance is not None:
             raise ValueError("give either focus_distance or coc_map, not both")
-        if coc_map.shape != (camera.height, camera.width):
-            raise ValueError(f"coc_map must be {camera.height}x{camera.width} pixels, got {tuple(coc_map.shape)}")
-        coc = sample_coc_map(coc_map, means2d)
+        maps = coc_map if coc_map.dim() == 3 else coc_map[None]
+        if maps.dim() != 3 or maps.shape[1:] != (camera.height, camera.width):
+            raise ValueError(
+                f"coc_map must be {camera.height}x{camera.width} pixels (or B x that), got {tuple(coc_map.shape)}"
+            )
+        coc = sample_coc_map(maps, means2d)
     elif focus_distance is not None:
-        coc = thin_lens_coc_px(depths, focus_distance, camera.aperture if aperture is None else aperture, camera)
+        s = _as_batch(focus_distance, depths)
+        a = camera.aperture if aperture is None else aperture
+        coc = thin_lens_coc_px(depths[None], s, a, camera)
     else:
         coc = None
     if coc is not None:
-        blurred = cov2d + (coc**2 / 16.0)[:, None, None] * eye
+        blurred = cov2d + (coc**2 / 16.0)[..., None, None] * eye
         opacities = opacities * torch.sqrt(torch.det(cov2d) / torch.det(blurred))
         cov2d = blurred
+    n_img = cov2d.shape[0]
     det = torch.det(cov2d)
-    conics = torch.stack([cov2d[:, 1, 1] / det, -cov2d[:, 0, 1] / det, cov2d[:, 0, 0] / det], dim=-1)
+    conics = torch.stack([cov2d[..., 1, 1] / det, -cov2d[..., 0, 1] / det, cov2d[..., 0, 0] / det], dim=-1)
     opacities = torch.where(depths >= NEAR_PLANE, opacities, torch.zeros_like(opacities))  # as gsplat: z == near kept
     with torch.no_grad():
         # Box half-widths of the ellipse where opacity * exp(-q/2) >= 1/255, axis by axis.
         extend = torch.sqrt(2 * torch.log((opacities / ALPHA_THRESHOLD).clamp_min(1.0)))
-        radii = torch.ceil(extend[:, None] * torch.sqrt(torch.stack([cov2d[:, 0, 0], cov2d[:, 1, 1]], -1)))
-    return Projected(means2d, conics, opacities, depths, radii.to(torch.int64))
+        radii = torch.ceil(extend[..., None] * torch.sqrt(torch.stack([cov2d[..., 0, 0], cov2d[..., 1, 1]], -1)))
+    return Projected(
+        means2d.expand(n_img, -1, -1), conics, opacities.expand(n_img, -1), depths.expand(n_img, -1),
+        radii.to(torch.int64),
+    )

@@ -23,9 +23,11 @@ BACKENDS = ("auto", "torch", "gsplat")
 
 @dataclass
 class RenderOutput:
-    image: torch.Tensor  # (H, W, 3) linear RGB
-    depth: torch.Tensor  # (H, W) expected depth of the composited splats, metres
-    alpha: torch.Tensor  # (H, W) accumulated opacity
+    """One image: (H, W, ...); several focus distances or CoC maps: (B, H, W, ...)."""
+
+    image: torch.Tensor  # (..., H, W, 3) linear RGB
+    depth: torch.Tensor  # (..., H, W) expected depth of the composited splats, metres
+    alpha: torch.Tensor  # (..., H, W) accumulated opacity
 
 
 def choose_backend(device: torch.device, backend: str = "auto") -> str:
@@ -46,7 +48,10 @@ def render(
     background: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> RenderOutput:
-    """Render the splats through their camera; differentiable in every input tensor."""
+    """Render the splats through their camera; differentiable in every input tensor.
+
+    A 1-D `focus_distance` or a (B, H, W) `coc_map` renders B images in one pass.
+    """
     cam = splats.camera
     proj = project(splats, focus_distance=focus_distance, aperture=aperture, coc_map=coc_map)
     if choose_backend(splats.means.device, backend) == "gsplat":
@@ -57,4 +62,9 @@ def render(
         image, depth, alpha = composite_torch.composite(proj, splats.colors, cam.width, cam.height)
     if background is not None:
         image = image + (1 - alpha)[..., None] * background
+    batched = (coc_map is not None and coc_map.dim() == 3) or (
+        focus_distance is not None and torch.as_tensor(focus_distance).dim() == 1
+    )
+    if not batched:
+        image, depth, alpha = image[0], depth[0], alpha[0]
     return RenderOutput(image, depth, alpha)
