@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dfd_ray.config import ConfigError, load_config
+from dfd_ray.focalstack import DatasetError
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ def _add(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
     if cmd.out_flag:
         p.add_argument("--out", help="sets config key 'out'")
     p.add_argument("--config", help="YAML file of config values (overrides still win)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(command=cmd)
+    p.epilog = "Any number of key=value config overrides may follow, before or after the flags."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +84,24 @@ def resolve(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may stand anywhere after the positional argument, so they are
+    # collected from what the flags and positionals leave over.
+    args, rest = parser.parse_known_args(argv)
+    bad = [token for token in rest if "=" not in token or token.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are key=value)")
+    args.overrides = rest
     try:
         cfg, run = resolve(args)
     except ConfigError as exc:
         print(f"dfd-ray: config error: {exc}", file=sys.stderr)
         return 2
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except DatasetError as exc:
+        print(f"dfd-ray: {exc}", file=sys.stderr)
+        return 1
     if isinstance(result, int):
         return result
     if result is not None:

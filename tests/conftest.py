@@ -10,6 +10,11 @@ import pytest
 # Ray Train V2 reports block until the controller polls; poll quickly in tests (DESIGN §5).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray workers inherit the environment of ray.init, which may run before the S3 fixture: give
+# every process dummy credentials up front (the endpoint travels with each filesystem object).
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,8 @@ def test_sharpest_slice_is_the_one_in_focus(tmp_path):
 
 
 def _point_scene(h, w, inv_depth):
-    color = np.zeros((h, w, 3), np.float32)
+    # A point on grey, so that nothing clips at 0 or 1 and the PSF reads off exactly.
+    color = np.full((h, w, 3), 0.5, np.float32)
     color[h // 2, w // 2] = 1.0
     return [defocus.Surface(color, np.ones((h, w), np.float32), np.full((h, w), inv_depth, np.float32))]
 
@@ -80,7 +81,7 @@ def test_point_in_focus_stays_sharp_and_off_focus_spreads_as_predicted():
     depth = 0.3
     out = defocus.render_focal_stack(_point_scene(41, 41, 1 / depth), FOD.focus_distances,
                                      FOD.focal_length, FOD.f_number, FOD.pixel_size)
-    psf = out[..., 0]
+    psf = (out[..., 0] - 0.5) / 0.5
     in_focus = FOD.focus_distances.index(0.3)
     assert psf[in_focus, 20, 20] == pytest.approx(1.0, abs=1e-5)
     yy, xx = np.mgrid[:41, :41] - 20
@@ -89,15 +90,10 @@ def test_point_in_focus_stays_sharp_and_off_focus_spreads_as_predicted():
         assert energy == pytest.approx(1.0, abs=1e-4)  # blur moves light, never loses it
         c = FOD.coc_px(depth, s)
         var_x = float((psf[k] * xx**2).sum() / energy)
-        # A disc has per-axis variance c²/16; spreading each point bilinearly (box ⊛ box = tent)
-        # adds frac(x)(1 - frac(x)) per point: 1/6 on average once the disc spans a few pixels,
-        # never more than 1/4.
-        if c > 2:
-            assert var_x == pytest.approx(c**2 / 16 + 1 / 6, rel=0.03), (s, c)
-        else:
-            assert var_x <= c**2 / 16 + 1 / 4
+        # A disc has per-axis variance c²/16, and the discrete PSF keeps exactly that.
+        assert var_x == pytest.approx(c**2 / 16, rel=0.03, abs=2e-3), (s, c)
         radius = np.sqrt(xx**2 + yy**2)
-        assert psf[k][radius > c / 2 + 1.5].sum() < 1e-6  # nothing beyond the disc
+        assert np.abs(psf[k][radius > c / 2 + 2.5]).sum() < 1e-6  # nothing beyond the disc and its interpolant
 
 
 def test_disc_kernel_is_continuous_below_one_pixel():
@@ -107,6 +103,7 @@ def test_disc_kernel_is_continuous_below_one_pixel():
         x = np.arange(k.shape[0]) - k.shape[0] // 2
         variances.append(float((k.sum(0) * x**2).sum()))
         assert k.sum() == pytest.approx(1.0, abs=1e-6)
+        assert variances[-1] == pytest.approx(c**2 / 16, rel=0.15, abs=1e-3)
     assert np.all(np.diff(variances) > 0)  # sub-pixel blur is still visible and monotone
     with pytest.raises(ValueError, match="disc diameter"):
         defocus.disc_kernel(-1.0)

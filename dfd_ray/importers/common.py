@@ -1,0 +1,299 @@
+"""Plumbing shared by the importers: config bases, reading source files, depth formats, writing.
+
+Error policy (all importers): the source layout (file names, pairing, counts, manifest fields) is
+checked in full before anything is written, and every problem found is raised at once in one
+`DatasetError`, so a user fixes a source in one pass. Decoding happens while the stacks stream
+into the Parquet writer; a file that turns out unreadable stops the import with a `DatasetError`
+naming the file and the scene. The output split then holds only the stacks written before the
+failure and no `config.yaml` (it is written last, on success); re-running replaces the shards.
+
+Sources are local paths or any fsspec URI that `dfd_ray.storage` opens (s3:// included).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import posixpath
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import numpy as np
+from omegaconf import MISSING
+from PIL import Image
+
+from dfd_ray import optics, storage
+from dfd_ray.config import require, save_config
+from dfd_ray.focalstack import SPLITS, DatasetError, FocalStack, decode_image, write_stacks
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_PROBLEMS = 20  # a broken 500-scene folder should not print 3,000 lines
+DEPTH_PNG_UNIT_M = 1e-3  # 16-bit depth PNGs hold millimetres (NYUv2 / Kinect convention)
+DEPTH_EXTENSIONS = (".png", ".npy", ".exr")
+
+Item = TypeVar("Item")
+
+
+# --- configs --------------------------------------------------------------------------------
+
+@dataclass
+class ImportConfig:
+    src: str = MISSING  # source folder or manifest: local path or fsspec URI (s3://...)
+    out: str = MISSING  # dataset root; stacks go to out/train and out/test
+    shard_size: int = 64  # stacks per Parquet shard
+
+    def __post_init__(self) -> None:
+        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
+
+
+@dataclass
+class Camera:
+    """Lens and sensor of an imported dataset. Lengths in metres, pixel_size in metres per pixel."""
+
+    focal_length: float
+    f_number: float
+    pixel_size: float
+    focus_distances: tuple[float, ...]
+    min_depth: float  # metres; the depth range the preset's camera is meant for
+    max_depth: float
+
+    def summary(self) -> dict:
+        """The lens as imported, for run summaries (the saved config holds only the overrides)."""
+        return {
+            "focal_length_m": self.focal_length,
+            "f_number": self.f_number,
+            "pixel_size_m": self.pixel_size,
+            "focus_distances_m": list(self.focus_distances),
+        }
+
+
+@dataclass
+class PresetImportConfig(ImportConfig):
+    """An importer whose camera is a named preset (`PRESET`); each lens field may be overridden."""
+
+    PRESET: ClassVar[str] = "fod500"
+
+    focal_length: float | None = None  # metres; None keeps the preset's
+    f_number: float | None = None
+    pixel_size: float | None = None  # metres per pixel (sensor pitch); None keeps the preset's
+    focus_distances: list[float] | None = None  # metres, strictly ascending, one per slice
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("focal_length", "f_number", "pixel_size"):
+            value = getattr(self, key)
+            ok = value is None or (math.isfinite(value) and value > 0)
+            require(ok, key, f"must be a positive number, got {value}")
+        if self.focus_distances is not None:
+            distances = [float(s) for s in self.focus_distances]
+            require(len(distances) >= 1, "focus_distances", "needs at least one distance (metres)")
+            positive = all(math.isfinite(s) and s > 0 for s in distances)
+            require(positive, "focus_distances", f"must be positive metres, got {distances}")
+            require(
+                all(a < b for a, b in zip(distances, distances[1:])),
+                "focus_distances",
+                f"must be strictly ascending (slice i is the i-th in focus order), got {distances}",
+            )
+        camera = self.camera()
+        # Checked here, not at import time, so a bad override fails before any file is touched.
+        require(
+            min(camera.focus_distances) > camera.focal_length,
+            "focus_distances",
+            f"every focus distance must exceed the focal length {camera.focal_length} m "
+            f"(a lens cannot focus closer than f), got {list(camera.focus_distances)}",
+        )
+
+    def camera(self) -> Camera:
+        """The preset's camera with this config's overrides applied."""
+        preset = optics.get_preset(self.PRESET)
+        return Camera(
+            focal_length=float(self.focal_length if self.focal_length is not None else preset.focal_length),
+            f_number=float(self.f_number if self.f_number is not None else preset.f_number),
+            pixel_size=float(self.pixel_size if self.pixel_size is not None else preset.pixel_size),
+            focus_distances=tuple(float(s) for s in (self.focus_distances or preset.focus_distances)),
+            min_depth=preset.min_depth,
+            max_depth=preset.max_depth,
+        )
+
+
+# --- source files ---------------------------------------------------------------------------
+
+def basename(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/")) if "://" in uri else os.path.basename(uri.rstrip(os.sep))
+
+
+def require_exists(uri: str, what: str) -> None:
+    if not storage.exists(uri):
+        raise DatasetError(f"{what} {uri} does not exist")
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = storage.filesystem(uri)
+    return fs.isdir(path)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Full URIs of the files directly in the folder `uri`, sorted; hidden files are skipped."""
+    fs, path = storage.filesystem(uri)
+    fs.invalidate_cache()
+    found = []
+    for entry in fs.ls(path, detail=True):
+        name = entry["name"]
+        if entry.get("type") == "directory" or posixpath.basename(name.rstrip("/")).startswith("."):
+            continue
+        found.append(name)
+    protocol = uri.split("://", 1)[0] + "://" if "://" in uri and not uri.startswith("file://") else ""
+    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in found)
+
+
+def read_source(uri: str) -> bytes:
+    """The bytes of one source file; a missing or unreadable file is a DatasetError naming it."""
+    try:
+        return storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise DatasetError(f"{uri}: file does not exist") from None
+    except OSError as exc:
+        raise DatasetError(f"{uri}: cannot read: {exc}") from None
+
+
+def read_image(uri: str) -> np.ndarray:
+    """(H, W, 3) uint8 (or uint16 for 16-bit grey) pixels of an image file, exactly as stored."""
+    try:
+        return decode_image(read_source(uri))
+    except DatasetError as exc:
+        message = str(exc)
+        raise DatasetError(message if message.startswith(uri) else f"{uri}: {message}") from None
+
+
+def problems_error(where: str, what: str, problems: Sequence[str]) -> DatasetError:
+    """One DatasetError listing (the first MAX_LISTED_PROBLEMS of) `problems`."""
+    shown = [f"  - {p}" for p in problems[:MAX_LISTED_PROBLEMS]]
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        shown.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
+    return DatasetError(f"{where}: {len(problems)} {what} problem(s); nothing was written:\n" + "\n".join(shown))
+
+
+# --- depth ----------------------------------------------------------------------------------
+
+def clean_depth(depth_m: np.ndarray) -> np.ndarray:
+    """float32 metres with every non-finite or negative value set to 0 (the format's "invalid")."""
+    depth = np.asarray(depth_m, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(depth) | (depth < 0)
+    return np.where(bad, np.float32(0), depth).astype(np.float32)
+
+
+def decode_exr_depth(data: bytes, uri: str) -> np.ndarray:
+    """Depth [m] from an EXR: its R channel, or its only channel. float16 values are kept exactly."""
+    import OpenEXR  # imported here: only EXR sources need the native library
+
+    try:
+        exr = OpenEXR.File(io.BytesIO(data), separate_channels=True)
+        channels = exr.channels()
+        if "R" in channels:
+            name = "R"
+        elif len(channels) == 1:
+            name = next(iter(channels))
+        else:
+            raise DatasetError(f"{uri}: EXR has channels {sorted(channels)}; depth must be in R or the only channel")
+        pixels = np.asarray(channels[name].pixels)
+    except DatasetError:
+        raise
+    except Exception as exc:  # the OpenEXR binding raises RuntimeError and others for bad files
+        raise DatasetError(f"{uri}: not a readable EXR file: {exc}") from None
+    if pixels.ndim != 2 or pixels.dtype.kind != "f":
+        raise DatasetError(
+            f"{uri}: EXR channel {name} is {pixels.dtype} {pixels.shape}, expected a float H×W depth map"
+        )
+    # float16 -> float32 widening is exact, so the stored depth equals the file's values.
+    return clean_depth(pixels.astype(np.float32))
+
+
+def decode_png_depth(data: bytes, uri: str) -> np.ndarray:
+    """Depth [m] from a 16-bit grey PNG in millimetres; 0 stays 0 (invalid)."""
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            pil.load()
+            mode = pil.mode
+            raw = np.asarray(pil)
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise DatasetError(f"{uri}: not a readable PNG: {exc}") from None
+    # Pillow opens 16-bit grey PNGs as "I;16" (or "I" for some encoders); anything else is not
+    # millimetre depth, and an 8-bit map would silently lose all but 255 mm of range.
+    if mode not in ("I;16", "I;16B", "I;16L", "I") or raw.ndim != 2:
+        raise DatasetError(f"{uri}: depth PNG must be 16-bit grey in millimetres, got Pillow mode {mode}")
+    millimetres = raw.astype(np.float64)
+    return clean_depth(millimetres * DEPTH_PNG_UNIT_M)
+
+
+def decode_npy_depth(data: bytes, uri: str) -> np.ndarray:
+    """Depth [m] from a .npy array of shape (H, W) or (H, W, 1)."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise DatasetError(f"{uri}: not a readable .npy array: {exc}") from None
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim != 2 or array.dtype.kind not in "fiu":
+        raise DatasetError(
+            f"{uri}: depth .npy must be a numeric (H, W) array in metres, got {array.dtype} {array.shape}"
+        )
+    return clean_depth(array.astype(np.float32))
+
+
+def read_depth(uri: str) -> np.ndarray:
+    """(H, W) float32 depth [m], 0 = invalid, from `.png` (16-bit mm), `.npy` (m) or `.exr` (m)."""
+    ext = os.path.splitext(uri)[1].lower()
+    decoders = {".png": decode_png_depth, ".npy": decode_npy_depth, ".exr": decode_exr_depth}
+    if ext not in decoders:
+        raise DatasetError(f"{uri}: depth files must be {', '.join(DEPTH_EXTENSIONS)}, got {ext or 'no extension'}")
+    return decoders[ext](read_source(uri), uri)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+def write_splits(
+    cfg: ImportConfig,
+    importer: str,
+    plan: dict[str, list[Item]],
+    build: Callable[[Item], FocalStack],
+    extra: dict | None = None,
+) -> dict:
+    """Build and write every planned item to out/<split>; save the config; return a summary.
+
+    Both splits are always written, an empty one included, so shards left by an earlier import
+    into the same root never mix with this one. `extra` is merged into the summary.
+    """
+    start = time.perf_counter()
+    counts: dict[str, int] = {}
+    shards: dict[str, int] = {}
+    for split in SPLITS:
+        items = plan.get(split, [])
+        counts[split] = 0
+
+        def stream(items: list[Item] = items, split: str = split) -> Iterator[FocalStack]:
+            for item in items:
+                stack = build(item)
+                counts[split] += 1
+                if counts[split] % 50 == 0:
+                    log.info("%s: %d/%d %s stacks", importer, counts[split], len(items), split)
+                yield stack
+
+        shards[split] = len(write_stacks(stream(), storage.join(cfg.out, split), cfg.shard_size))
+    config_uri = save_config(cfg, cfg.out)
+    seconds = time.perf_counter() - start
+    return {
+        "importer": importer,
+        "src": cfg.src,
+        "out": cfg.out,
+        "stacks": counts,
+        "shards": shards,
+        "config": config_uri,
+        **(extra or {}),
+        "seconds": round(seconds, 2),
+    }
