@@ -266,18 +266,28 @@ def _schema_problems(schema: pa.Schema) -> list[str]:
     return problems
 
 
-def read_table(shard: str) -> pa.Table:
-    """One shard as an Arrow table, after checking its schema."""
+def _read_checked(shard: str, read, schema_of):
+    """`read(file)` on a shard, then check the schema that `schema_of(result)` gives."""
     fs, path = storage.filesystem(shard)
     try:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+            result = read(f)
     except Exception as exc:
         raise DatasetError(f"{shard}: not a readable Parquet file: {exc}") from None
-    problems = _schema_problems(table.schema)
+    problems = _schema_problems(schema_of(result))
     if problems:
         raise DatasetError(f"{shard}: " + "; ".join(problems))
-    return table
+    return result
+
+
+def read_table(shard: str) -> pa.Table:
+    """One shard as an Arrow table, after checking its schema."""
+    return _read_checked(shard, pq.read_table, lambda table: table.schema)
+
+
+def read_metadata(shard: str) -> pq.FileMetaData:
+    """One shard's Parquet footer (no row data), after checking its schema."""
+    return _read_checked(shard, pq.read_metadata, lambda meta: meta.schema.to_arrow_schema())
 
 
 def read_stacks(uri: str) -> Iterator[FocalStack]:

@@ -252,23 +252,11 @@ def stack_samples(samples: Sequence[dict[str, np.ndarray]], where: str = "") -> 
 
 # --- reading --------------------------------------------------------------------------------
 
-def _shard_schema_check(shard: str) -> int:
-    """Check one shard's schema from its footer alone; returns its row count."""
-    fs, path = storage.filesystem(shard)
-    try:
-        with fs.open(path, "rb") as f:
-            meta = pq.read_metadata(f)
-    except Exception as exc:
-        raise DatasetError(f"{shard}: not a readable Parquet file: {exc}") from None
-    problems = focalstack._schema_problems(meta.schema.to_arrow_schema())
-    if problems:
-        raise DatasetError(f"{shard}: " + "; ".join(problems))
-    return int(meta.num_rows)
 
 
 def _checked_shards(uri: str) -> list[tuple[str, int]]:
     """(shard URI, rows) of a dataset prefix, every schema checked before any work is scheduled."""
-    return [(shard, _shard_schema_check(shard)) for shard in focalstack.shard_uris(uri)]
+    return [(shard, int(focalstack.read_metadata(shard).num_rows)) for shard in focalstack.shard_uris(uri)]
 
 
 # --- Ray Data -------------------------------------------------------------------------------

@@ -71,6 +71,19 @@ class Camera:
             "focus_distances_m": list(self.focus_distances),
         }
 
+    def stack(self, scene_id: str, images: np.ndarray, depth: np.ndarray | None, aif: np.ndarray | None) -> FocalStack:
+        """A focal stack seen through this camera, slice i focused at focus_distances[i]."""
+        return FocalStack(
+            scene_id=scene_id,
+            images=images,
+            focus_distances=np.asarray(self.focus_distances, dtype=np.float32),
+            focal_length=self.focal_length,
+            f_number=self.f_number,
+            pixel_size=self.pixel_size,
+            depth=depth,
+            aif=aif,
+        )
+
 
 @dataclass
 class PresetImportConfig(ImportConfig):

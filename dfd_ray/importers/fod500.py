@@ -138,16 +138,7 @@ def load_scene(scene: Fod500Scene, camera: Camera) -> FocalStack:
                 f"{scene.aif}: scene {scene.index:06d}: all-in-focus image is {aif.shape} {aif.dtype}, "
                 f"slices are {first.shape} {first.dtype}"
             )
-    return FocalStack(
-        scene_id=scene.scene_id,
-        images=np.stack(images),
-        focus_distances=np.asarray(camera.focus_distances, dtype=np.float32),
-        focal_length=camera.focal_length,
-        f_number=camera.f_number,
-        pixel_size=camera.pixel_size,
-        depth=depth,
-        aif=aif,
-    )
+    return camera.stack(scene.scene_id, np.stack(images), depth, aif)
 
 
 def run(cfg: Fod500ImportConfig) -> dict:

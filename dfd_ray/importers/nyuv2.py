@@ -196,16 +196,7 @@ def load_pair(pair: RgbdPair, camera: Camera, layer_coc_px: float) -> FocalStack
         raise DatasetError(f"{pair.depth}: {exc}") from None
     # The aif is stored 8-bit like the rendered slices; a 16-bit grey input is requantised.
     aif = image if image.dtype == np.uint8 else np.round(rgb * 255.0).astype(np.uint8)
-    return FocalStack(
-        scene_id=pair.scene_id,
-        images=stack,
-        focus_distances=np.asarray(camera.focus_distances, dtype=np.float32),
-        focal_length=camera.focal_length,
-        f_number=camera.f_number,
-        pixel_size=camera.pixel_size,
-        depth=depth,
-        aif=aif,
-    )
+    return camera.stack(pair.scene_id, stack, depth, aif)
 
 
 def run(cfg: Nyuv2ImportConfig) -> dict:

@@ -18,9 +18,9 @@ MAX_ALPHA = 0.999
 T_MIN = 1e-4
 
 
-def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flat Gaussian index into B·N, flat pixel index into B·H·W) of every pixel centre inside
-    each Gaussian's box, image by image."""
+def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, ...]:
+    """Every pixel centre inside each Gaussian's box, image by image: (flat Gaussian index into
+    B·N, flat pixel index into B·H·W, pixel column, pixel row)."""
     with torch.no_grad():
         n_img, n = proj.opacities.shape
         mx, my = proj.means2d[..., 0].reshape(-1), proj.means2d[..., 1].reshape(-1)
@@ -38,7 +38,17 @@ def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, torc
         px = x0[gid] + local % nx[gid]
         py = y0[gid] + torch.div(local, nx[gid], rounding_mode="floor")
         image = torch.div(gid, n, rounding_mode="floor")
-        return gid, (image * height + py) * width + px
+        return gid, (image * height + py) * width + px, px, py
+
+
+def _alpha(features: torch.Tensor, centre_x: torch.Tensor, centre_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(power, alpha) of each pair from its Gaussian's packed features (mx, my, a, b, c, o, z)
+    and its pixel centre (pixels)."""
+    mx, my, a, b, c, opacity = features[:, :6].unbind(-1)
+    dx = centre_x - mx
+    dy = centre_y - my
+    power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    return power, torch.clamp_max(opacity * torch.exp(-power), MAX_ALPHA)
 
 
 def composite(
@@ -49,26 +59,28 @@ def composite(
     `colors` (N, C) may carry any channels; depth is composited alongside them.
     """
     n_img, n = proj.opacities.shape
-    gid, pix = _pairs(proj, width, height)
-    means2d = proj.means2d.reshape(-1, 2)
-    local_pix = pix % (width * height)
-    dx = (local_pix % width).to(means2d.dtype) + 0.5 - means2d[gid, 0]
-    dy = torch.div(local_pix, width, rounding_mode="floor").to(means2d.dtype) + 0.5 - means2d[gid, 1]
-    a, b, c = proj.conics.reshape(-1, 3)[gid].unbind(-1)
-    power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = torch.clamp_max(proj.opacities.reshape(-1)[gid] * torch.exp(-power), MAX_ALPHA)
-    depths = proj.depths.reshape(-1)
+    features = torch.cat(
+        [proj.means2d.reshape(-1, 2), proj.conics.reshape(-1, 3),
+         proj.opacities.reshape(-1, 1), proj.depths.reshape(-1, 1)], dim=1
+    )
     with torch.no_grad():
+        # Choose and order the pairs without autograd; only the survivors are evaluated with it.
+        gid, pix, px, py = _pairs(proj, width, height)
+        centre_x, centre_y = px.to(features.dtype) + 0.5, py.to(features.dtype) + 0.5
+        power, alpha = _alpha(features.detach().index_select(0, gid), centre_x, centre_y)
         keep = (alpha >= ALPHA_THRESHOLD) & (power >= 0)
-        gid, pix = gid[keep], pix[keep]
+        gid, pix, centre_x, centre_y = gid[keep], pix[keep], centre_x[keep], centre_y[keep]
         # Sort by pixel, then front to back within the pixel (ties keep Gaussian order, as gsplat).
+        depths = features[:, 6].detach()
         rank = torch.empty_like(depths, dtype=torch.long)
         rank[torch.argsort(depths, stable=True)] = torch.arange(len(rank), device=rank.device)
         order = torch.argsort(pix * len(rank) + rank[gid], stable=True)
-        gid, pix = gid[order], pix[order]
+        gid, pix, centre_x, centre_y = gid[order], pix[order], centre_x[order], centre_y[order]
         _, seg_len = torch.unique_consecutive(pix, return_counts=True)
         seg_first = torch.cumsum(seg_len, 0) - seg_len
-    alpha = alpha[keep][order]
+    # index_select's backward is an index_add, much cheaper on CPU than advanced indexing's.
+    pair_features = features.index_select(0, gid)
+    _, alpha = _alpha(pair_features, centre_x, centre_y)
     log_t = torch.log1p(-alpha.double())
     inclusive = torch.cumsum(log_t, 0)
     base = torch.repeat_interleave((inclusive - log_t)[seg_first], seg_len)
@@ -76,7 +88,9 @@ def composite(
     t_after = torch.exp(inclusive - base)
     weight = (alpha.double() * t_before * (t_after > T_MIN)).to(alpha.dtype)
 
-    payload = torch.cat([colors[gid % n], depths[gid, None], torch.ones_like(weight)[:, None]], dim=1)
+    payload = torch.cat(
+        [colors.index_select(0, gid % n), pair_features[:, 6:7], torch.ones_like(weight)[:, None]], dim=1
+    )
     acc = torch.zeros(n_img * width * height, payload.shape[1], dtype=payload.dtype, device=payload.device)
     acc = acc.index_add(0, pix, weight[:, None] * payload).reshape(n_img, height, width, -1)
     alpha_px = acc[..., -1]

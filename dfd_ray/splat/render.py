@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from dfd_ray.splat import composite_torch
-from dfd_ray.splat.project import project
+from dfd_ray.splat.project import EPS2D, project
 from dfd_ray.splat.scene import SceneSplats
 
 BACKENDS = ("auto", "torch", "gsplat")
@@ -47,13 +47,14 @@ def render(
     coc_map: torch.Tensor | None = None,
     background: torch.Tensor | None = None,
     backend: str = "auto",
+    eps2d: float = EPS2D,
 ) -> RenderOutput:
     """Render the splats through their camera; differentiable in every input tensor.
 
     A 1-D `focus_distance` or a (B, H, W) `coc_map` renders B images in one pass.
     """
     cam = splats.camera
-    proj = project(splats, focus_distance=focus_distance, aperture=aperture, coc_map=coc_map)
+    proj = project(splats, focus_distance=focus_distance, aperture=aperture, coc_map=coc_map, eps2d=eps2d)
     if choose_backend(splats.means.device, backend) == "gsplat":
         from dfd_ray.splat import composite_gsplat
 
