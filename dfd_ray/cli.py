@@ -4,6 +4,7 @@
     dfd-ray validate URI
     dfd-ray show URI --out FILE.png [key=value ...]
     dfd-ray import {fod500,nyuv2,stacks} SRC --out URI [key=value ...]
+    dfd-ray fit --data URI --out URI [fit.steps=...]
     dfd-ray demo [--out DIR]
 
 Positional arguments and `--out` are shorthands for the config keys `src`/`uri` and `out`;
@@ -31,12 +32,14 @@ class Command:
     help: str
     positional: str | None = None  # config key the positional argument fills
     out_flag: bool = True
+    data_flag: bool = False  # `--data URI` fills config key `data`
 
 
 COMMANDS: dict[str, Command] = {
     "synth": Command("dfd_ray.synth", "SynthConfig", "generate a synthetic focal-stack dataset"),
     "validate": Command("dfd_ray.validate", "ValidateConfig", "list every problem in a dataset", "uri", False),
     "show": Command("dfd_ray.contact_sheet", "ShowConfig", "contact sheet PNG of some stacks", "uri"),
+    "fit": Command("dfd_ray.fit_job", "FitJobConfig", "fit Gaussian splats to every scene (Ray tasks)", data_flag=True),
     "demo": Command("dfd_ray.demo", "DemoConfig", "run the pipeline end to end on generated data"),
 }
 IMPORTERS: dict[str, Command] = {
@@ -52,6 +55,8 @@ def _add(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
         p.add_argument(cmd.positional, help=f"sets config key '{cmd.positional}'")
     if cmd.out_flag:
         p.add_argument("--out", help="sets config key 'out'")
+    if cmd.data_flag:
+        p.add_argument("--data", help="sets config key 'data'")
     p.add_argument("--config", help="YAML file of config values (overrides still win)")
     p.set_defaults(command=cmd)
     p.epilog = "Any number of key=value config overrides may follow, before or after the flags."
@@ -79,6 +84,8 @@ def resolve(args: argparse.Namespace):
         overrides.insert(0, f"{cmd.positional}={getattr(args, cmd.positional)}")
     if cmd.out_flag and args.out is not None:
         overrides.insert(0, f"out={args.out}")
+    if cmd.data_flag and args.data is not None:
+        overrides.insert(0, f"data={args.data}")
     cfg = load_config(getattr(module, cmd.config_class), overrides, yaml_uri=args.config)
     return cfg, module.run
 

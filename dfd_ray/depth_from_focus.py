@@ -1,8 +1,8 @@
 """Classical depth from focus: the baseline every learned or fitted depth must beat.
 
 Per slice a focus measure (the energy of the Laplacian, averaged over a window); per pixel the
-slice where it peaks, refined to a sub-slice position by a parabola through the peak and its
-neighbours. The refinement is done in inverse focus distance (dioptres), where the CoC is
+slice where it peaks, refined to a sub-slice position by Gaussian interpolation (a parabola
+through the logarithm of the measure at the peak and its neighbours). The refinement is done in inverse focus distance (dioptres), where the CoC is
 linear (DESIGN §2), and mapped back to metres.
 """
 
@@ -44,7 +44,10 @@ def depth_from_focus(
         k = np.clip(peak, 1, s - 2)
         rows, cols = np.indices(peak.shape)
         x0, x1, x2 = dioptres[k - 1], dioptres[k], dioptres[k + 1]
-        y0, y1, y2 = measure[k - 1, rows, cols], measure[k, rows, cols], measure[k + 1, rows, cols]
+        # The focus measure falls off like a Gaussian around the peak (Nayar's Gaussian
+        # interpolation): a parabola through its logarithm finds the peak's centre.
+        log_m = np.log(measure + 1e-12)
+        y0, y1, y2 = log_m[k - 1, rows, cols], log_m[k, rows, cols], log_m[k + 1, rows, cols]
         # Vertex of the parabola through three unevenly spaced points.
         num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
         den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)

@@ -1,0 +1,52 @@
+"""Depth metrics (DESIGN §6), per image over valid ground-truth pixels, then averaged over images.
+
+Valid: GT > 0 (0 marks invalid) and, when `max_depth` is given, GT <= max_depth (FoD500 practice
+clips at 1.5 m). Predictions are clamped to a small positive floor so logs stay finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "mae", "mse", "delta1", "delta2", "delta3")
+
+
+def valid_mask(gt: np.ndarray, max_depth: float | None = None) -> np.ndarray:
+    mask = np.isfinite(gt) & (gt > 0)
+    if max_depth is not None:
+        mask &= gt <= max_depth
+    return mask
+
+
+def depth_metrics(pred: np.ndarray, gt: np.ndarray, max_depth: float | None = None) -> dict[str, float]:
+    """All METRIC_KEYS for one image (metres); NaN for every key when no pixel is valid."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+    mask = valid_mask(gt, max_depth)
+    if not mask.any():
+        return {k: float("nan") for k in METRIC_KEYS}
+    d = np.maximum(pred[mask].astype(np.float64), 1e-6)
+    g = gt[mask].astype(np.float64)
+    err = d - g
+    ratio = np.maximum(d / g, g / d)
+    return {
+        "abs_rel": float(np.mean(np.abs(err) / g)),
+        "sq_rel": float(np.mean(err**2 / g)),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "rmse_log": float(np.sqrt(np.mean((np.log(d) - np.log(g)) ** 2))),
+        "mae": float(np.mean(np.abs(err))),
+        "mse": float(np.mean(err**2)),
+        "delta1": float(np.mean(ratio < 1.25)),
+        "delta2": float(np.mean(ratio < 1.25**2)),
+        "delta3": float(np.mean(ratio < 1.25**3)),
+    }
+
+
+def mean_metrics(per_image: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Average per-image metrics, skipping images without valid pixels (NaN)."""
+    rows = [m for m in per_image if not np.isnan(m["abs_rel"])]
+    if not rows:
+        return {k: float("nan") for k in METRIC_KEYS} | {"images": 0}
+    return {k: float(np.mean([m[k] for m in rows])) for k in METRIC_KEYS} | {"images": len(rows)}
