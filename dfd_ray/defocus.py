@@ -129,14 +129,8 @@ def render_focal_stack(
             off = (ksize - k.shape[0]) // 2
             weight[i, j, off : off + k.shape[0], off : off + k.shape[0]] = k
     x = torch.from_numpy(np.stack(planes))  # (slab, 4, H, W)
-    pad = ksize // 2
-    # One grouped convolution blurs every (slice, slab, channel) with its own kernel; the frame is
-    # extended by replication because the scene goes on beyond the sensor's edge.
-    x = F.pad(x.reshape(1, n_slab * 4, *x.shape[-2:]), (pad, pad, pad, pad), mode="replicate")
-    x = x.repeat(1, n_slice, 1, 1)
-    w = torch.from_numpy(weight).unsqueeze(2).expand(-1, -1, 4, -1, -1).reshape(-1, 1, ksize, ksize)
     with torch.no_grad():
-        blurred = F.conv2d(x, w, groups=w.shape[0]).reshape(n_slice, n_slab, 4, *planes[0].shape[-2:])
+        blurred = _blur_slabs(x, torch.from_numpy(weight))
 
     out = torch.zeros(n_slice, 4, *planes[0].shape[-2:])
     owners = torch.tensor(owner)
@@ -146,6 +140,37 @@ def render_focal_stack(
         out = layer + (1 - a) * out
     image = out[:, :3] / out[:, 3:4].clamp_min(1e-6)
     return image.permute(0, 2, 3, 1).clamp(0, 1).numpy()
+
+
+FFT_MIN_KERNEL = 17  # pixels: from this kernel size on, FFT convolution beats direct
+
+
+def _blur_slabs(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Blur slabs (slab, C, H, W) with per-(slice, slab) kernels (slice, slab, k, k) → (slice, slab, C, H, W).
+
+    The frame is extended by replication because the scene goes on beyond the sensor's edge.
+    Small kernels: one grouped convolution over every (slice, slab, channel). Large ones (a
+    nyuv2 camera blurs by tens of pixels): FFT, slice by slice to bound memory.
+    """
+    n_slab, channels, h, w = x.shape
+    n_slice, ksize = weight.shape[0], weight.shape[-1]
+    pad = ksize // 2
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    if ksize < FFT_MIN_KERNEL:
+        flat = padded.reshape(1, n_slab * channels, *padded.shape[-2:]).repeat(1, n_slice, 1, 1)
+        kernels = weight.unsqueeze(2).expand(-1, -1, channels, -1, -1).reshape(-1, 1, ksize, ksize)
+        return F.conv2d(flat, kernels, groups=kernels.shape[0]).reshape(n_slice, n_slab, channels, h, w)
+    size = padded.shape[-2:]
+    spectrum = torch.fft.rfft2(padded, s=size)
+    out = []
+    for i in range(n_slice):
+        # Circular convolution equals the linear one on the part of the padded frame that no
+        # wrapped sample reaches: rows and columns k-1 onwards. Disc kernels are symmetric, so
+        # convolution and the correlation of conv2d agree.
+        product = spectrum * torch.fft.rfft2(weight[i], s=size)[:, None]
+        full = torch.fft.irfft2(product, s=size)
+        out.append(full[..., ksize - 1 : ksize - 1 + h, ksize - 1 : ksize - 1 + w])
+    return torch.stack(out)
 
 
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from dfd_ray import defocus, optics, synth
 from dfd_ray.config import load_config
@@ -123,3 +124,23 @@ def test_occluding_edge_blurs_over_the_background():
     assert outside[1] > 0.1  # focused on the background: the blurred square covers it
     inside = out[:, 24, 34, 0]
     assert inside[0] == pytest.approx(1.0, abs=1e-6) and inside[1] < 1.0
+
+
+def test_fft_blur_equals_direct_convolution(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((3, 4, 30, 41)).astype(np.float32))
+    cocs = [[1.0, 9.5, 14.0], [0.0, 3.0, 16.5]]  # (slice, slab) diameters, kernels up to 21 px
+    kernels = [[defocus.disc_kernel(c) for c in row] for row in cocs]
+    k = max(kk.shape[0] for row in kernels for kk in row)
+    weight = np.zeros((2, 3, k, k), np.float32)
+    for i, row in enumerate(kernels):
+        for j, kk in enumerate(row):
+            o = (k - kk.shape[0]) // 2
+            weight[i, j, o:o + kk.shape[0], o:o + kk.shape[0]] = kk
+    w = torch.from_numpy(weight)
+    monkeypatch.setattr(defocus, "FFT_MIN_KERNEL", 10_000)
+    direct = defocus._blur_slabs(x, w)
+    monkeypatch.setattr(defocus, "FFT_MIN_KERNEL", 1)
+    fft = defocus._blur_slabs(x, w)
+    assert direct.shape == fft.shape == (2, 3, 4, 30, 41)
+    assert torch.allclose(direct, fft, atol=2e-5)
