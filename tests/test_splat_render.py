@@ -196,3 +196,13 @@ def test_batched_render_equals_single_renders():
         assert torch.allclose(batch.depth[k], single.depth, rtol=1e-12, atol=1e-14)
     for k in range(2):
         assert torch.allclose(batch_maps.image[k], render(splats, coc_map=maps[k]).image, rtol=1e-12, atol=1e-14)
+
+
+def test_cropped_camera_renders_the_window():
+    splats = random_splats(80, 9)
+    full = render(splats, focus_distance=0.3)
+    window = render(splats.with_camera(CAM.crop(3, 5, 12, 14)), focus_distance=0.3)
+    assert torch.allclose(window.image, full.image[3:15, 5:19], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(window.alpha, full.alpha[3:15, 5:19], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="does not fit"):
+        CAM.crop(10, 0, 12, 4)

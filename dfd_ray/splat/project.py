@@ -53,9 +53,14 @@ def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor, camera: Camera) -> 
     """EWA projection: (means2d (N, 2) pixels, cov2d (N, 2, 2) pixels²), without dilation."""
     x, y, z = means.unbind(-1)
     fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
-    tan_fovx, tan_fovy = 0.5 * camera.width / fx, 0.5 * camera.height / fy
-    lim_x_pos, lim_x_neg = (camera.width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
-    lim_y_pos, lim_y_neg = (camera.height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    # Clamp limits from the whole sensor (gsplat uses the rendered image's; for an uncropped
+    # camera they are the same), so that a window renders exactly as its part of the full image.
+    sensor_cx, sensor_cy = cx + camera.origin_x, cy + camera.origin_y
+    tan_fovx, tan_fovy = 0.5 * camera.sensor_width / fx, 0.5 * camera.sensor_height / fy
+    lim_x_pos = (camera.sensor_width - sensor_cx) / fx + 0.3 * tan_fovx
+    lim_x_neg = sensor_cx / fx + 0.3 * tan_fovx
+    lim_y_pos = (camera.sensor_height - sensor_cy) / fy + 0.3 * tan_fovy
+    lim_y_neg = sensor_cy / fy + 0.3 * tan_fovy
     tx = z * torch.clamp(x / z, -lim_x_neg, lim_x_pos)
     ty = z * torch.clamp(y / z, -lim_y_neg, lim_y_pos)
     zero = torch.zeros_like(z)

@@ -8,14 +8,15 @@ optimiser can move them freely.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 
 from dfd_ray import storage
 
-SPLAT_FORMAT_VERSION = 1
+SPLAT_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class Camera:
 
     fx = fy = focal_length / pixel_size: the lens at infinity focus. Focus breathing (the small
     magnification change as the lens refocuses) is ignored; the CoC itself uses the exact image
-    distance of each focus setting (DESIGN §2).
+    distance of each focus setting (DESIGN §2). The principal point (cx, cy) defaults to the
+    image centre; `crop` moves it so that a window of the sensor renders on its own.
     """
 
     width: int
@@ -32,6 +34,21 @@ class Camera:
     focal_length: float  # metres
     f_number: float
     pixel_size: float  # metres per pixel
+    cx: float = float("nan")  # pixels; NaN: width / 2
+    cy: float = float("nan")
+    # A cropped camera remembers the whole sensor: projection must not change with the window.
+    sensor_width: int = 0  # pixels; 0: width
+    sensor_height: int = 0
+    origin_x: int = 0  # the window's top-left corner on the sensor, pixels
+    origin_y: int = 0
+
+    def __post_init__(self) -> None:
+        defaults = {"cx": self.width / 2.0, "cy": self.height / 2.0,
+                    "sensor_width": self.width, "sensor_height": self.height}
+        for name, value in defaults.items():
+            current = getattr(self, name)
+            if (isinstance(current, float) and math.isnan(current)) or current == 0:
+                object.__setattr__(self, name, value)
 
     @property
     def fx(self) -> float:
@@ -42,17 +59,18 @@ class Camera:
         return self.fx
 
     @property
-    def cx(self) -> float:
-        return self.width / 2.0
-
-    @property
-    def cy(self) -> float:
-        return self.height / 2.0
-
-    @property
     def aperture(self) -> float:
         """Aperture diameter A = f / N, metres."""
         return self.focal_length / self.f_number
+
+    def crop(self, top: int, left: int, height: int, width: int) -> Camera:
+        """The camera of the window [top, top + height) × [left, left + width) of this one."""
+        if top < 0 or left < 0 or height < 1 or width < 1 or top + height > self.height or left + width > self.width:
+            raise ValueError(
+                f"window top={top} left={left} {height}x{width} does not fit the {self.height}x{self.width} image"
+            )
+        return replace(self, width=width, height=height, cx=self.cx - left, cy=self.cy - top,
+                       origin_x=self.origin_x + left, origin_y=self.origin_y + top)
 
     @classmethod
     def from_stack(cls, stack) -> Camera:
@@ -77,6 +95,9 @@ class SceneSplats:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "camera"}
 
+    def with_camera(self, camera: Camera) -> SceneSplats:
+        return SceneSplats(**self.tensors(), camera=camera)
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SceneSplats:
         moved = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in self.tensors().items()}
         return SceneSplats(**moved, camera=self.camera)
@@ -97,7 +118,7 @@ def save_splats(splats: SceneSplats, uri: str, extra: dict[str, np.ndarray] | No
     """
     cam = splats.camera
     arrays = {k: v.detach().cpu().numpy() for k, v in splats.tensors().items()}
-    arrays["camera"] = np.array([cam.width, cam.height, cam.focal_length, cam.f_number, cam.pixel_size], np.float64)
+    arrays["camera"] = np.array([getattr(cam, f.name) for f in fields(Camera)], np.float64)
     arrays["format_version"] = np.array(SPLAT_FORMAT_VERSION)
     for key, value in (extra or {}).items():
         arrays[f"extra_{key}"] = np.asarray(value)
@@ -116,8 +137,8 @@ def load_splats(uri: str, device: str | torch.device = "cpu") -> tuple[SceneSpla
         raise ValueError(f"{uri}: not a dfd-ray splat file: {exc}") from None
     if "format_version" not in data or int(data["format_version"]) != SPLAT_FORMAT_VERSION:
         raise ValueError(f"{uri}: unsupported splat format (expected version {SPLAT_FORMAT_VERSION})")
-    w, h, f, n, p = data["camera"].tolist()
-    camera = Camera(int(w), int(h), f, n, p)
+    # Annotations are strings here (postponed evaluation): "int" marks the pixel counts.
+    camera = Camera(**{f.name: int(v) if f.type == "int" else v for f, v in zip(fields(Camera), data["camera"].tolist())})
     names = [f.name for f in fields(SceneSplats) if f.name != "camera"]
     splats = SceneSplats(**{k: torch.from_numpy(data[k]).to(device) for k in names}, camera=camera)
     extra = {k.removeprefix("extra_"): data[k] for k in data.files if k.startswith("extra_")}
