@@ -290,6 +290,27 @@ def read_metadata(shard: str) -> pq.FileMetaData:
     return _read_checked(shard, pq.read_metadata, lambda meta: meta.schema.to_arrow_schema())
 
 
+def scene_index(uri: str) -> dict[str, str]:
+    """scene_id → shard URI for every stack under a dataset root or prefix (reads one column)."""
+    index: dict[str, str] = {}
+    for prefix in dataset_prefixes(uri):
+        for shard in shard_uris(prefix):
+            fs, path = storage.filesystem(shard)
+            with fs.open(path, "rb") as f:
+                for sid in pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist():
+                    index[sid] = shard
+    return index
+
+
+def read_stack(shard: str, scene_id: str) -> FocalStack:
+    """The stack `scene_id` of one shard, decoded and validated."""
+    table = read_table(shard)
+    ids = table.column("scene_id").to_pylist()
+    if scene_id not in ids:
+        raise DatasetError(f"{shard}: no scene {scene_id!r}")
+    return row_to_stack(table.slice(ids.index(scene_id), 1).to_pylist()[0], where=shard)
+
+
 def read_stacks(uri: str) -> Iterator[FocalStack]:
     """Every stack of a dataset prefix, decoded and validated, shard by shard."""
     for shard in shard_uris(uri):

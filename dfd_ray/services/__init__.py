@@ -1,0 +1,1 @@
+"""Ray services: per-scene Gaussian-splat renderers behind a pool (renderer.py, pool.py)."""

@@ -1,0 +1,112 @@
+"""The renderer pool: N renderer actors, scenes routed by a stable hash, and the autograd bridge.
+
+    pool = RendererPool(cfg)                       # created by the driver
+    loss = RemoteRenderLoss.apply(coc, pool, scene_ids, focus_distances, targets, windows)
+    loss.backward()                                # ordinary PyTorch from here on
+
+Actors restart after a crash (`max_restarts`) and Ray retries the calls that were in flight on
+them (`max_task_retries=-1`), so a caller sees latency, not an error; a restarted actor reloads
+its scenes from the splat store on first use. The pool is picklable: training workers receive it
+and call the actors directly.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfd_ray import focalstack
+from dfd_ray.services.renderer import RendererCore, RendererPoolConfig, Window
+
+
+class RendererPool:
+    def __init__(self, cfg: RendererPoolConfig, scene_index: dict[str, str] | None = None) -> None:
+        import ray
+
+        self.cfg = cfg
+        index = scene_index if scene_index is not None else (focalstack.scene_index(cfg.data) if cfg.data else {})
+        actor = ray.remote(RendererCore).options(
+            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+            max_restarts=cfg.max_restarts, max_task_retries=-1,
+        )
+        # One copy in the object store for every actor. The pool holds the reference: a restarted
+        # actor runs its constructor again and needs the object to still exist.
+        self._index_ref = ray.put(index)
+        self.actors = [actor.remote(cfg, self._index_ref) for _ in range(cfg.num_actors)]
+
+    def actor_index(self, scene_id: str) -> int:
+        """Stable across processes and runs (Python's hash() is salted per process)."""
+        return zlib.crc32(scene_id.encode()) % len(self.actors)
+
+    def _actor(self, scene_id: str):
+        return self.actors[self.actor_index(scene_id)]
+
+    def render(self, scene_id: str, focus_distance: float | None = None, coc_map=None,
+               window: Window | None = None) -> dict[str, np.ndarray]:
+        import ray
+
+        return ray.get(self._actor(scene_id).render.remote(scene_id, focus_distance, coc_map, window))
+
+    def render_loss_and_grad(self, scene_id: str, focus_distance: float | None, coc_map, target_image,
+                             window: Window | None = None) -> tuple[float, np.ndarray]:
+        request = {"scene_id": scene_id, "focus_distance": focus_distance, "coc_map": coc_map,
+                   "target_image": target_image, "window": window}
+        return self.render_loss_and_grad_batch([request])[0]
+
+    def render_loss_and_grad_batch(self, requests: list[dict[str, Any]]) -> list[tuple[float, np.ndarray]]:
+        """One round trip per actor involved; results in request order."""
+        import ray
+
+        by_actor: dict[int, list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            by_actor[self.actor_index(request["scene_id"])].append(i)
+        refs = {a: self.actors[a].render_loss_and_grad_batch.remote([requests[i] for i in members])
+                for a, members in by_actor.items()}
+        results: list = [None] * len(requests)
+        for a, members in by_actor.items():
+            for i, result in zip(members, ray.get(refs[a])):
+                results[i] = result
+        return results
+
+    def stats(self) -> list[dict]:
+        import ray
+
+        return ray.get([a.stats.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+
+
+class RemoteRenderLoss(torch.autograd.Function):
+    """Mean render loss of B slices re-rendered remotely with predicted CoC maps (B, h, w).
+
+    The forward pass asks the pool for each slice's loss and gradient (one round trip per actor);
+    the backward pass hands that gradient back, scaled by the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, coc_maps: torch.Tensor, pool: RendererPool, scene_ids: list[str],
+                focus_distances: list[float], targets: torch.Tensor, windows: list[Window] | None = None) -> torch.Tensor:
+        maps = coc_maps.detach().float().cpu().numpy()
+        images = targets.detach().float().cpu().numpy()
+        requests = [
+            {"scene_id": sid, "focus_distance": float(s), "coc_map": maps[i], "target_image": images[i],
+             "window": None if windows is None else tuple(int(v) for v in windows[i])}
+            for i, (sid, s) in enumerate(zip(scene_ids, focus_distances))
+        ]
+        results = pool.render_loss_and_grad_batch(requests)
+        grads = torch.from_numpy(np.stack([g for _, g in results])).to(coc_maps.device, coc_maps.dtype)
+        ctx.save_for_backward(grads)
+        return torch.tensor(float(np.mean([l for l, _ in results])), dtype=coc_maps.dtype, device=coc_maps.device)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grads,) = ctx.saved_tensors
+        return grad_output * grads / grads.shape[0], None, None, None, None, None
