@@ -19,28 +19,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfd_ray import focalstack
 from dfd_ray.services.renderer import RendererCore, RendererPoolConfig, Window
 
 
 class RendererPool:
-    def __init__(self, cfg: RendererPoolConfig, scene_index: dict[str, str] | None = None) -> None:
+    def __init__(self, cfg: RendererPoolConfig) -> None:
         import ray
 
         self.cfg = cfg
-        index = scene_index if scene_index is not None else (focalstack.scene_index(cfg.data) if cfg.data else {})
         actor = ray.remote(RendererCore).options(
             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
             max_restarts=cfg.max_restarts, max_task_retries=-1,
         )
-        # One copy in the object store for every actor. The pool holds the reference: a restarted
-        # actor runs its constructor again and needs the object to still exist.
-        self._index_ref = ray.put(index)
-        self.actors = [actor.remote(cfg, self._index_ref) for _ in range(cfg.num_actors)]
+        self.actors = [actor.remote(cfg) for _ in range(cfg.num_actors)]
+
+    @staticmethod
+    def actor_index_of(scene_id: str, num_actors: int) -> int:
+        """Stable across processes and runs (Python's hash() is salted per process)."""
+        return zlib.crc32(scene_id.encode()) % num_actors
 
     def actor_index(self, scene_id: str) -> int:
-        """Stable across processes and runs (Python's hash() is salted per process)."""
-        return zlib.crc32(scene_id.encode()) % len(self.actors)
+        return self.actor_index_of(scene_id, len(self.actors))
 
     def _actor(self, scene_id: str):
         return self.actors[self.actor_index(scene_id)]

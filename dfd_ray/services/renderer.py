@@ -54,9 +54,9 @@ class RequestError(ValueError):
 
 
 class RendererCore:
-    def __init__(self, cfg: RendererPoolConfig, scene_index: dict[str, str] | None = None) -> None:
+    def __init__(self, cfg: RendererPoolConfig) -> None:
         self.cfg = cfg
-        self.scene_index = scene_index or {}
+        self._scene_index: dict[str, str] | None = None
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
             torch.set_num_threads(max(1, math.ceil(cfg.num_cpus)))
@@ -76,10 +76,10 @@ class RendererCore:
             splats, _ = load_splats(uri, device=self.device)
             self.counts["loads"] += 1
         except FileNotFoundError:
-            if scene_id not in self.scene_index:
+            if scene_id not in self.scene_index():
                 where = self.cfg.data or "(no dataset configured)"
                 raise RequestError(f"unknown scene {scene_id!r}: no splats at {uri} and not in dataset {where}") from None
-            stack = focalstack.read_stack(self.scene_index[scene_id], scene_id)
+            stack = focalstack.read_stack(self.scene_index()[scene_id], scene_id)
             result = fit_scene(stack, self.cfg.fit)
             save_splats(result.splats, uri, extra={"depth": result.depth, "confidence": result.confidence})
             splats = result.splats.to(self.device)
@@ -89,6 +89,13 @@ class RendererCore:
             self.scenes.popitem(last=False)
             self.counts["evictions"] += 1
         return splats
+
+    def scene_index(self) -> dict[str, str]:
+        """scene_id → shard of the dataset, read on the first miss. Built here rather than passed
+        in: a restarted actor then needs nothing but its config (ray-project/ray#53727)."""
+        if self._scene_index is None:
+            self._scene_index = focalstack.scene_index(self.cfg.data) if self.cfg.data else {}
+        return self._scene_index
 
     def _view(self, scene_id: str, window: Window | None) -> SceneSplats:
         splats = self._scene(scene_id)
@@ -187,7 +194,7 @@ class RendererCore:
             # Items are independent: the gradient of their sum is each item's own gradient.
             (grads,) = torch.autograd.grad(losses.sum(), cocs)
             for k, i in enumerate(members):
-                results[i] = (float(losses[k]), grads[k].cpu().numpy())
+                results[i] = (float(losses[k].detach()), grads[k].cpu().numpy())
         return results
 
     # --- operator view ------------------------------------------------------------------------
