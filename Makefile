@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean cluster-up cluster-down cluster-status
 
 install: $(STAMP)
 
@@ -34,3 +34,13 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+
+# Laptop dev cluster: a local Ray head and S3 endpoint. `eval "$(cluster/up.sh)"` exports its variables.
+cluster-up: install
+	cluster/up.sh
+
+cluster-down:
+	cluster/down.sh
+
+cluster-status:
+	cluster/status.sh
