@@ -74,7 +74,9 @@ def run(cfg: FitJobConfig) -> dict:
         cfg_ref = ray.put(cfg)
         pending: dict = {}
         records, failed = [], []
-        max_in_flight = max(2, int(2 * cfg.ray_cpus / cfg.task_cpus))
+        # Two tasks per CPU slot in flight keeps the cluster busy without queueing every scene.
+        cpus = ray.cluster_resources().get("CPU", cfg.ray_cpus)
+        max_in_flight = max(2, int(2 * cpus / cfg.task_cpus))
 
         def collect(block_until: int) -> None:
             while len(pending) > block_until:
