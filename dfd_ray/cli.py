@@ -5,6 +5,8 @@
     dfd-ray show URI --out FILE.png [key=value ...]
     dfd-ray import {fod500,nyuv2,stacks} SRC --out URI [key=value ...]
     dfd-ray fit --data URI --out URI [fit.steps=...]
+    dfd-ray train --data URI --out URI [steps=...]
+    dfd-ray eval --model URI --data URI --out DIR
     dfd-ray demo [--out DIR]
 
 Positional arguments and `--out` are shorthands for the config keys `src`/`uri` and `out`;
@@ -33,6 +35,7 @@ class Command:
     positional: str | None = None  # config key the positional argument fills
     out_flag: bool = True
     data_flag: bool = False  # `--data URI` fills config key `data`
+    model_flag: bool = False  # `--model URI` fills config key `model`
 
 
 COMMANDS: dict[str, Command] = {
@@ -40,6 +43,8 @@ COMMANDS: dict[str, Command] = {
     "validate": Command("dfd_ray.validate", "ValidateConfig", "list every problem in a dataset", "uri", False),
     "show": Command("dfd_ray.contact_sheet", "ShowConfig", "contact sheet PNG of some stacks", "uri"),
     "fit": Command("dfd_ray.fit_job", "FitJobConfig", "fit Gaussian splats to every scene (Ray tasks)", data_flag=True),
+    "train": Command("dfd_ray.train", "TrainConfig", "train SDNet + DepthNet (Ray Train)", data_flag=True),
+    "eval": Command("dfd_ray.evaluate", "EvalConfig", "depth metrics of a model on held-out stacks", data_flag=True, model_flag=True),
     "demo": Command("dfd_ray.demo", "DemoConfig", "run the pipeline end to end on generated data"),
 }
 IMPORTERS: dict[str, Command] = {
@@ -57,6 +62,8 @@ def _add(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
         p.add_argument("--out", help="sets config key 'out'")
     if cmd.data_flag:
         p.add_argument("--data", help="sets config key 'data'")
+    if cmd.model_flag:
+        p.add_argument("--model", help="sets config key 'model'")
     p.add_argument("--config", help="YAML file of config values (overrides still win)")
     p.set_defaults(command=cmd)
     p.epilog = "Any number of key=value config overrides may follow, before or after the flags."
@@ -86,6 +93,8 @@ def resolve(args: argparse.Namespace):
         overrides.insert(0, f"out={args.out}")
     if cmd.data_flag and args.data is not None:
         overrides.insert(0, f"data={args.data}")
+    if cmd.model_flag and args.model is not None:
+        overrides.insert(0, f"model={args.model}")
     cfg = load_config(getattr(module, cmd.config_class), overrides, yaml_uri=args.config)
     return cfg, module.run
 

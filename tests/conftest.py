@@ -25,7 +25,7 @@ def ray_session():
     ray.init(
         num_cpus=4,
         object_store_memory=200 * 1024 * 1024,
-        include_dashboard=False,
+        include_dashboard=True,  # the state API (list_actors) needs it
         log_to_driver=False,
         configure_logging=False,
     )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dfd_ray.config import ConfigError
 from dfd_ray.services.renderer import RendererCore, RendererPoolConfig, Window
 
 
@@ -26,6 +27,8 @@ class RendererPool:
     def __init__(self, cfg: RendererPoolConfig) -> None:
         import ray
 
+        if not cfg.splat_store:
+            raise ConfigError("config key 'splat_store' is required (where scene splats live)")
         self.cfg = cfg
         actor = ray.remote(RendererCore).options(
             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
@@ -58,12 +61,19 @@ class RendererPool:
 
     def render_loss_and_grad_batch(self, requests: list[dict[str, Any]]) -> list[tuple[float, np.ndarray]]:
         """One round trip per actor involved; results in request order."""
+        return self._batched("render_loss_and_grad_batch", requests)
+
+    def priors_batch(self, requests: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The scene fits' (depth, confidence) for each request's scene and window."""
+        return self._batched("priors_batch", requests)
+
+    def _batched(self, method: str, requests: list[dict[str, Any]]) -> list:
         import ray
 
         by_actor: dict[int, list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             by_actor[self.actor_index(request["scene_id"])].append(i)
-        refs = {a: self.actors[a].render_loss_and_grad_batch.remote([requests[i] for i in members])
+        refs = {a: getattr(self.actors[a], method).remote([requests[i] for i in members])
                 for a, members in by_actor.items()}
         results: list = [None] * len(requests)
         for a, members in by_actor.items():

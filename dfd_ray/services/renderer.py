@@ -46,7 +46,6 @@ class RendererPoolConfig:
         require(self.num_actors >= 1, "num_actors", "must be >= 1")
         require(self.scenes_per_actor >= 1, "scenes_per_actor", "must be >= 1")
         require(self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus", "resources must be >= 0")
-        require(bool(self.splat_store), "splat_store", "is required (where scene splats live)")
 
 
 class RequestError(ValueError):
@@ -61,6 +60,7 @@ class RendererCore:
         if self.device == "cpu":
             torch.set_num_threads(max(1, math.ceil(cfg.num_cpus)))
         self.scenes: OrderedDict[str, SceneSplats] = OrderedDict()
+        self.priors: dict[str, dict[str, np.ndarray]] = {}  # the fit's depth and confidence
         self.counts: Counter[str] = Counter()
         self.latencies_ms: deque[float] = deque(maxlen=4096)
 
@@ -73,7 +73,7 @@ class RendererCore:
             return self.scenes[scene_id]
         uri = storage.join(self.cfg.splat_store, f"{scene_id}.npz")
         try:
-            splats, _ = load_splats(uri, device=self.device)
+            splats, extra = load_splats(uri, device=self.device)
             self.counts["loads"] += 1
         except FileNotFoundError:
             if scene_id not in self.scene_index():
@@ -81,12 +81,15 @@ class RendererCore:
                 raise RequestError(f"unknown scene {scene_id!r}: no splats at {uri} and not in dataset {where}") from None
             stack = focalstack.read_stack(self.scene_index()[scene_id], scene_id)
             result = fit_scene(stack, self.cfg.fit)
-            save_splats(result.splats, uri, extra={"depth": result.depth, "confidence": result.confidence})
+            extra = {"depth": result.depth, "confidence": result.confidence}
+            save_splats(result.splats, uri, extra=extra)
             splats = result.splats.to(self.device)
             self.counts["fits"] += 1
         self.scenes[scene_id] = splats
+        self.priors[scene_id] = {k: extra[k] for k in ("depth", "confidence") if k in extra}
         if len(self.scenes) > self.cfg.scenes_per_actor:
-            self.scenes.popitem(last=False)
+            evicted, _ = self.scenes.popitem(last=False)
+            self.priors.pop(evicted, None)
             self.counts["evictions"] += 1
         return splats
 
@@ -196,6 +199,26 @@ class RendererCore:
             for k, i in enumerate(members):
                 results[i] = (float(losses[k].detach()), grads[k].cpu().numpy())
         return results
+
+    def priors_batch(self, requests: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The scene fit's (depth m, confidence) for each request's window; confidence 0 where
+        the stored splats carry no fit maps."""
+        return self._timed(self._priors_batch, requests)
+
+    def _priors_batch(self, requests: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for request in requests:
+            scene_id, window = request["scene_id"], request.get("window")
+            view = self._view(scene_id, window)
+            top, left = view.camera.origin_y, view.camera.origin_x
+            h, w = view.camera.height, view.camera.width
+            prior = self.priors.get(scene_id, {})
+            if "depth" in prior and "confidence" in prior:
+                out.append((prior["depth"][top:top + h, left:left + w].astype(np.float32),
+                            prior["confidence"][top:top + h, left:left + w].astype(np.float32)))
+            else:
+                out.append((np.ones((h, w), np.float32), np.zeros((h, w), np.float32)))
+        return out
 
     # --- operator view ------------------------------------------------------------------------
 

@@ -1,0 +1,55 @@
+"""Self-supervised losses (no GT depth, no AIF; DESIGN §1), plain PyTorch.
+
+Shapes: B stacks of S slices, maps (B, S, H, W); per-slice lens quantities (B, S).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def thin_lens_consistency(coc: torch.Tensor, depth: torch.Tensor, focus: torch.Tensor,
+                          gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Siamese constraint: (CoC term, depth term).
+
+    CoC term: each slice's predicted CoC must equal what every other slice's depth predicts at
+    this slice's focus, c_s ≈ G_s |1/d_t - 1/s_s| (pixels). Depth term: one scene has one depth,
+    |log d_s - log d_t|. Both averaged over ordered pairs s != t and pixels.
+    """
+    b, s = coc.shape[:2]
+    if s < 2:
+        zero = coc.sum() * 0
+        return zero, zero
+    inv = 1.0 / depth  # (B, S, H, W)
+    # predicted[b, s, t] = G_s |1/d_t - 1/s_s|
+    predicted = gain[:, :, None, None, None] * (inv[:, None] - 1.0 / focus[:, :, None, None, None]).abs()
+    coc_err = (coc[:, :, None] - predicted).abs()
+    log_d = torch.log(depth)
+    depth_err = (log_d[:, :, None] - log_d[:, None]).abs()
+    off_diag = ~torch.eye(s, dtype=torch.bool, device=coc.device)
+    return coc_err[:, off_diag].mean(), depth_err[:, off_diag].mean()
+
+
+def splat_prior(depth: torch.Tensor, splat_depth: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """Confidence-weighted |log d - log d_splat|: the scene fit as a teacher where it is sure."""
+    return (confidence * (torch.log(depth) - torch.log(splat_depth.clamp_min(1e-3))).abs()).mean()
+
+
+def edge_aware_smoothness(value: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Mean |∇ value| · exp(-|∇ image|): smooth inside regions, free to jump at image edges.
+
+    value (N, H, W); image (N, 3, H, W) in [0, 1].
+    """
+    dx_v = (value[..., :, 1:] - value[..., :, :-1]).abs()
+    dy_v = (value[..., 1:, :] - value[..., :-1, :]).abs()
+    dx_i = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(-3)
+    dy_i = (image[..., 1:, :] - image[..., :-1, :]).abs().mean(-3)
+    return (dx_v * torch.exp(-10 * dx_i)).mean() + (dy_v * torch.exp(-10 * dy_i)).mean()
+
+
+def supervised_log_l1(depth: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """|log d - log gt| over valid GT pixels (gt > 0): the supervised upper bound's loss."""
+    valid = gt > 0
+    if not valid.any():
+        return depth.sum() * 0
+    return (torch.log(depth[valid]) - torch.log(gt[valid])).abs().mean()

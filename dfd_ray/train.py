@@ -1,0 +1,332 @@
+"""`dfd-ray train --data URI --out URI`: self-supervised SDNet + DepthNet in a Ray Train group.
+
+The whole step is `training_step` (plain PyTorch plus the renderer pool); `train_loop_per_worker`
+is the function handed to `TorchTrainer`; `run` builds the pool, the dataset and the trainer.
+Checkpoints hold model.pt / model.json (so any checkpoint is a model URI), optim.pt, state.json
+(step, metric history) and the training-curve and sample PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from dfd_ray import defocus, focalstack, losses, storage, streaming
+from dfd_ray.config import ConfigError, require, require_choice, save_config
+from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, save_model
+from dfd_ray.models.store import load_model
+from dfd_ray.ray_session import ensure_ray
+from dfd_ray.services.pool import RemoteRenderLoss, RendererPool
+from dfd_ray.services.renderer import RendererPoolConfig
+
+
+@dataclass
+class LossWeights:
+    lens_coc: float = 0.2  # Siamese: each slice's CoC vs the other slices' depths (pixels, so ~1-2)
+    lens_depth: float = 0.5  # Siamese: one scene, one depth (log metres)
+    render: float = 10.0  # slice re-rendered from the scene's splats with the predicted CoC
+    prior: float = 2.0  # DepthNet pulled to the splat depth where the fit is confident
+    smooth: float = 0.05  # edge-aware smoothness of log depth and CoC
+
+
+@dataclass
+class TrainConfig:
+    data: str = MISSING  # focal-stack dataset root (its train/ is used) or a train prefix
+    out: str = MISSING  # run folder/URI: checkpoints, model/, plots
+    splats: str = ""  # splat store (dfd-ray fit's <out>/splats); "" = <out>/splats, fitted on demand
+    supervision: str = "self"  # "self", or "gt" (GT depth: an upper bound for comparison only)
+    steps: int = 200
+    batch_size: int = 2  # stacks per worker per step
+    crop: int = 48  # pixels, native resolution
+    lr: float = 2e-3
+    seed: int = 0
+    report_every: int = 10  # steps between metric reports (reports block; DESIGN §5)
+    checkpoint_every: int = 50
+    num_workers: int = 2
+    use_gpu: bool = False
+    worker_cpus: float = 0.5  # per training worker; fractional on a laptop (DESIGN §5)
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    prior_dropout: float = 0.5  # chance a stack trains without the splat-prior input
+    ray_cpus: int = 4  # logical CPUs of an embedded local Ray (ignored on a cluster)
+    run_name: str = "dfd"  # a run with this name under `out` resumes (Ray Train)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    renderer: RendererPoolConfig = field(default_factory=lambda: RendererPoolConfig(num_cpus=0.25))
+
+    def __post_init__(self) -> None:
+        require_choice("supervision", self.supervision, ["self", "gt"])
+        require(self.steps >= 1 and self.batch_size >= 1 and self.crop >= 8, "steps", "steps, batch_size >= 1, crop >= 8")
+        require(self.report_every >= 1 and self.checkpoint_every >= 1, "report_every", "must be >= 1")
+        require(self.num_workers >= 1 and self.worker_cpus > 0, "num_workers", "need >= 1 worker with CPUs > 0")
+        if not self.renderer.splat_store and self.out != MISSING:
+            self.renderer.splat_store = self.splats or storage.join(self.out, "splats")
+        if not self.renderer.data and self.data != MISSING:
+            self.renderer.data = self.data
+
+
+# --- the step -----------------------------------------------------------------------------------
+
+def _flip(maps: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    """Apply (or undo: flips are their own inverse) each sample's flips to maps (B, ..., H, W)."""
+    out = maps.clone()
+    for b in range(maps.shape[0]):
+        dims = [d for d, f in zip((-2, -1), flipped[b].tolist()) if f]
+        if dims:
+            out[b] = torch.flip(maps[b], dims)
+    return out
+
+
+def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: RendererPool | None,
+                  rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+    """One step's loss, its logged terms and the predictions (coc, depth: (B, S, h, w))."""
+    images = batch["images"].float()  # (B, S, 3, h, w) sRGB in [0, 1]
+    b, s, _, h, w = images.shape
+    focus = batch["focus_distances"].float()  # (B, S)
+    lens = {k: batch[k].float()[:, None].expand(b, s) for k in ("focal_length", "f_number", "pixel_size")}
+    gain = coc_gain_px(focus, lens["focal_length"], lens["f_number"], lens["pixel_size"])
+    flat = images.reshape(b * s, 3, h, w)
+    scene_ids = streaming.scene_ids(batch)
+    windows = [tuple(int(v) for v in box) for box in batch["crop_box"]]
+
+    prior_depth = prior_conf = None
+    if cfg.supervision == "self" and pool is not None:
+        priors = pool.priors_batch([{"scene_id": sid, "window": win} for sid, win in zip(scene_ids, windows)])
+        prior_depth = _flip(torch.from_numpy(np.stack([d for d, _ in priors])), batch["flipped"])  # (B, h, w)
+        prior_conf = _flip(torch.from_numpy(np.stack([c for _, c in priors])), batch["flipped"])
+    if prior_depth is not None:
+        keep = torch.from_numpy(rng.random(b) >= cfg.prior_dropout).float()[:, None, None]
+        net_prior = (prior_depth.repeat_interleave(s, 0), (prior_conf * keep).repeat_interleave(s, 0))
+    else:
+        net_prior = (None, None)
+    coc_flat, depth_flat = model(flat, focus.reshape(-1), lens["focal_length"].reshape(-1),
+                                 lens["f_number"].reshape(-1), lens["pixel_size"].reshape(-1), *net_prior)
+    coc, depth = coc_flat.reshape(b, s, h, w), depth_flat.reshape(b, s, h, w)
+
+    if cfg.supervision == "gt":
+        loss = losses.supervised_log_l1(depth, batch["depth"].float().expand(b, s, h, w))
+        return loss, {"supervised": float(loss.detach())}, {"coc": coc, "depth": depth}
+
+    terms: dict[str, torch.Tensor] = {}
+    terms["lens_coc"], terms["lens_depth"] = losses.thin_lens_consistency(coc, depth, focus, gain)
+    if pool is not None:
+        # The renderer sees the sensor as it is: undo the crop's flips on maps and targets.
+        targets = torch.from_numpy(defocus.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
+        targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
+        terms["render"] = RemoteRenderLoss.apply(
+            _flip(coc, batch["flipped"]).reshape(b * s, h, w), pool,
+            [sid for sid in scene_ids for _ in range(s)], focus.reshape(-1).tolist(),
+            targets.reshape(b * s, h, w, 3), [win for win in windows for _ in range(s)],
+        )
+        terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None])
+    terms["smooth"] = (losses.edge_aware_smoothness(torch.log(depth_flat), flat)
+                       + losses.edge_aware_smoothness(coc_flat / cfg.model.max_coc_px, flat))
+    weights = cfg.loss.__dict__
+    loss = sum(weights[k] * v for k, v in terms.items())
+    logged = {k: float(v.detach()) for k, v in terms.items()}
+    if batch["has_depth"].any():  # monitoring only; never a training signal here
+        gt = batch["depth"].float().expand(b, s, h, w)
+        valid = gt > 0
+        logged["monitor_abs_rel"] = float(((depth.detach() - gt).abs() / gt.clamp_min(1e-6))[valid].mean())
+    return loss, logged, {"coc": coc, "depth": depth}
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+def _plots(history: list[dict], batch: dict, outputs: dict, folder: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in sorted({k for h in history for k in h} - {"step", "seconds"}):
+        ax.plot(steps, [h.get(key, np.nan) for h in history], label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+    ax.set_title("training curves")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "training_curve.png"), dpi=90)
+    plt.close(fig)
+
+    s = batch["images"].shape[1]
+    rows = min(s, 3)
+    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows), squeeze=False)
+    gt = batch["depth"][0, 0].numpy() if batch["has_depth"][0] else None
+    depth = outputs["depth"][0].detach().numpy()
+    lo, hi = float(np.nanmin(depth)), float(np.nanmax(depth))
+    if gt is not None and (gt > 0).any():
+        lo, hi = min(lo, float(gt[gt > 0].min())), max(hi, float(gt.max()))
+    for r in range(rows):
+        k = r * (s - 1) // max(rows - 1, 1)
+        panels = [(batch["images"][0, k].permute(1, 2, 0).numpy(), f"slice s={float(batch['focus_distances'][0, k]):.2f} m", None),
+                  (outputs["coc"][0, k].detach().numpy(), "predicted CoC [px]", "magma"),
+                  (depth[k], "predicted depth [m]", "viridis"),
+                  (gt, "GT depth [m]" if gt is not None else "no GT depth", "viridis")]
+        for c, (img, title, cmap) in enumerate(panels):
+            ax = axes[r, c]
+            ax.axis("off")
+            ax.set_title(title, fontsize=8)
+            if img is None:
+                continue
+            kw = {"vmin": lo, "vmax": hi} if "depth" in title else {}
+            shown = ax.imshow(np.clip(img, 0, 1) if cmap is None else img, cmap=cmap, **kw)
+            if cmap is not None:
+                fig.colorbar(shown, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "sample_prediction.png"), dpi=90)
+    plt.close(fig)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+def save_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Optimizer, step: int,
+                        history: list[dict], supervision: str) -> None:
+    """model.pt + model.json (a loadable model), optim.pt and state.json into `folder`."""
+    save_model(model, folder, {"trained_steps": step, "supervision": supervision})
+    torch.save(optimiser.state_dict(), os.path.join(folder, "optim.pt"))
+    with open(os.path.join(folder, "state.json"), "w") as f:
+        json.dump({"step": step, "history": history}, f)
+
+
+def load_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    """Restore model and optimiser in place (weights_only loads); returns (step, history)."""
+    model.load_state_dict(torch.load(os.path.join(folder, "model.pt"), weights_only=True))
+    optimiser.load_state_dict(torch.load(os.path.join(folder, "optim.pt"), weights_only=True))
+    with open(os.path.join(folder, "state.json")) as f:
+        state = json.load(f)
+    return state["step"], state["history"]
+
+
+# --- the worker loop ------------------------------------------------------------------------------
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg: TrainConfig = config["cfg"]
+    pool: RendererPool | None = config["pool"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(max(1, int(cfg.worker_cpus)))
+    torch.manual_seed(cfg.seed)  # identical initial weights on every worker
+    rng = np.random.default_rng([cfg.seed, rank])
+    model = DFDModel(cfg.model)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            step, history = load_training_state(folder, model, optimiser)
+    ddp_model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if cfg.num_workers > 1 else None)
+    shard = ray.train.get_dataset_shard("train")
+    sums: dict[str, float] = {}
+    count, started = 0, time.perf_counter()
+    while step < cfg.steps:
+        batches = 0
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True):
+            batches += 1
+            loss, logged, outputs = training_step(ddp_model, batch, cfg, pool, rng)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            step += 1
+            count += 1
+            for k, v in logged.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if step % cfg.report_every and step % cfg.checkpoint_every and step != cfg.steps:
+                continue
+            metrics = {"step": step, "seconds": round(time.perf_counter() - started, 2),
+                       **{k: v / count for k, v in sums.items()}}
+            history.append(metrics)
+            sums, count = {}, 0
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                with tempfile.TemporaryDirectory() as folder:
+                    if rank == 0:
+                        save_training_state(folder, model, optimiser, step, history, cfg.supervision)
+                        _plots(history, batch, outputs, folder)
+                    ckpt = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
+                    ray.train.report(metrics, checkpoint=ckpt)
+            else:
+                ray.train.report(metrics)
+            if step >= cfg.steps:
+                break
+        if batches == 0:  # an empty shard would spin here while the other workers wait in DDP
+            raise RuntimeError(f"worker {rank}: an epoch of the training data yielded no batch of {cfg.batch_size}")
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+def _train_prefix(data: str) -> str:
+    prefixes = focalstack.dataset_prefixes(data)
+    train = [p for p in prefixes if p.rstrip("/").endswith("train")]
+    return (train or prefixes)[0]
+
+
+def _storage(out: str) -> tuple[str, object | None]:
+    if storage.is_local(out):
+        return os.path.abspath(out.removeprefix("file://")), None
+    fs, path = storage.arrow_filesystem(out)
+    return path, fs
+
+
+def run(cfg: TrainConfig) -> dict:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    try:
+        prefix = _train_prefix(cfg.data)  # fails here, before any cluster work
+        stacks = sum(focalstack.read_metadata(shard).num_rows for shard in focalstack.shard_uris(prefix))
+    except focalstack.DatasetError as exc:
+        raise ConfigError(f"config key 'data': {exc}") from None
+    if stacks < cfg.num_workers * cfg.batch_size:
+        raise ConfigError(
+            f"config key 'num_workers': {prefix} holds {stacks} training stack(s); {cfg.num_workers} workers x "
+            f"batch_size {cfg.batch_size} need at least {cfg.num_workers * cfg.batch_size} (each worker reads its own)"
+        )
+    save_config(cfg, cfg.out)
+    started = ensure_ray(cfg.ray_cpus)
+    pool = None
+    try:
+        if cfg.supervision == "self":
+            pool = RendererPool(cfg.renderer)
+        dataset = streaming.ray_dataset(prefix, crop=cfg.crop, seed=cfg.seed)
+        storage_path, storage_fs = _storage(cfg.out)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg, "pool": pool},
+            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                resources_per_worker={"CPU": cfg.worker_cpus, **({"GPU": 1} if cfg.use_gpu else {})}),
+            run_config=ray.train.RunConfig(
+                name=cfg.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3)),
+            datasets={"train": dataset},
+        )
+        result = trainer.fit()
+        model_uri = storage.join(cfg.out, "model")
+        with result.checkpoint.as_directory() as folder:
+            model, meta = load_model(folder)
+            save_model(model, model_uri, {k: v for k, v in meta.items() if k != "model"})
+            for name in ("training_curve.png", "sample_prediction.png", "state.json"):
+                storage.write_bytes(storage.join(cfg.out, name), open(os.path.join(folder, name), "rb").read())
+        final = result.metrics or {}
+        renderer_stats = pool.stats() if pool is not None else []
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
+    return {"model": model_uri, "checkpoint": result.checkpoint.path, "final_metrics": final,
+            "renderer": [{k: s[k] for k in ("requests", "hits", "loads", "fits", "latency_ms")} for s in renderer_stats]}

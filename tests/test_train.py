@@ -1,0 +1,164 @@
+"""Training on a real local Ray: DDP steps, checkpoint/resume, a killed worker, and evaluation."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dfd_ray import evaluate, losses, synth, train
+from dfd_ray.config import load_config
+from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, load_model
+from dfd_ray.models.nets import parameter_count
+
+TERMS = ("lens_coc", "lens_depth", "render", "prior", "smooth")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    synth.run(load_config(synth.SynthConfig, [f"out={root}", "n_scenes=2", "n_test=1", "height=32", "width=32", "seed=3"]))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def splats(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("splats"))  # filled by the renderer pool's fits on first use
+
+
+def train_cfg(data, splats, out, *extra):
+    return load_config(train.TrainConfig, [
+        f"data={data}", f"out={out}", f"splats={splats}", "crop=32", "batch_size=1", "lr=3e-3",
+        "worker_cpus=0.5", "renderer.num_cpus=0.25", "renderer.fit.steps=20", "renderer.fit.warmup_steps=5",
+        *extra,
+    ])
+
+
+def test_thin_lens_consistency_is_zero_for_a_consistent_stack():
+    depth = torch.full((1, 3, 4, 4), 0.5)
+    focus = torch.tensor([[0.2, 0.5, 1.0]])
+    gain = coc_gain_px(focus, torch.tensor(2.9e-3), torch.tensor(1.0), torch.tensor(12e-6))
+    coc = gain[..., None, None] * (1 / depth - 1 / focus[..., None, None]).abs()
+    coc_term, depth_term = losses.thin_lens_consistency(coc, depth, focus, gain)
+    assert float(coc_term) == pytest.approx(0, abs=1e-5) and float(depth_term) == 0
+    coc_term, _ = losses.thin_lens_consistency(coc + 1.0, depth, focus, gain)
+    assert float(coc_term) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_depth_stays_in_range_and_follows_the_thin_lens():
+    cfg = ModelConfig()
+    model = DFDModel(cfg)
+    assert parameter_count(model) > 10_000
+    image = torch.rand(2, 3, 20, 28)
+    coc, depth = model(image, torch.tensor([0.1, 1.5]), torch.full((2,), 2.9e-3), torch.ones(2), torch.full((2,), 12e-6))
+    assert coc.shape == depth.shape == (2, 20, 28)
+    assert float(coc.min()) >= 0 and float(depth.min()) >= cfg.min_depth and float(depth.max()) <= cfg.max_depth
+
+
+def test_training_state_round_trip_is_exact(tmp_path):
+    model = DFDModel(ModelConfig())
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    out = model(torch.rand(1, 3, 16, 16), *(torch.tensor([v]) for v in (0.3, 2.9e-3, 1.0, 12e-6)))
+    (out[1].mean() + out[0].mean()).backward()
+    optimiser.step()
+    train.save_training_state(str(tmp_path), model, optimiser, 7, [{"step": 7}], "self")
+    fresh = DFDModel(ModelConfig())
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    step, history = train.load_training_state(str(tmp_path), fresh, fresh_opt)
+    assert step == 7 and history == [{"step": 7}]
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    sa, sb = optimiser.state_dict()["state"], fresh_opt.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa[k][name], sb[k][name])
+    loaded, meta = load_model(str(tmp_path))
+    assert meta["trained_steps"] == 7
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_too_few_stacks_for_the_workers_fails_before_cluster_work(data, splats, tmp_path):
+    from dfd_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="holds 2 training stack.*need at least 6"):
+        train.run(train_cfg(data, splats, tmp_path / "run", "num_workers=3", "batch_size=2"))
+    assert not (tmp_path / "run").exists()
+
+
+def _history(out):
+    return json.loads((out / "state.json").read_text())["history"]
+
+
+def test_ddp_steps_lower_every_loss_term_then_eval(ray_session, data, splats, tmp_path):
+    out = tmp_path / "run"
+    # Without prior-input dropout, so that each report averages like steps.
+    result = train.run(train_cfg(data, splats, out, "steps=24", "report_every=6", "checkpoint_every=24", "prior_dropout=0"))
+    history = _history(out)
+    assert [h["step"] for h in history] == [6, 12, 18, 24]
+    for term in TERMS:
+        assert history[-1][term] < history[0][term], (term, [h[term] for h in history])
+    assert (out / "training_curve.png").stat().st_size > 1000 and (out / "sample_prediction.png").exists()
+    assert result["renderer"][0]["requests"] > 0
+
+    metrics_dir = tmp_path / "eval"
+    evaluate.run(load_config(evaluate.EvalConfig, [f"model={out}/model", f"data={data}", f"out={metrics_dir}",
+                                                  f"splats={splats}", "fit_at_test=true", "fit.steps=10"]))
+    report = json.loads((metrics_dir / "metrics.json").read_text())
+    keys = {"abs_rel", "sq_rel", "rmse", "rmse_log", "mae", "mse", "delta1", "delta2", "delta3"}
+    assert keys <= set(report["single"]["overall"]) and keys <= set(report["fused"]["overall"])
+    assert set(report["single"]["per_focus_distance"]) == {"0.1", "0.15", "0.3", "0.7", "1.5"}
+    for per_s in report["single"]["per_focus_distance"].values():
+        assert keys <= set(per_s)
+    assert keys <= set(report["dff"]["overall"]) and keys <= set(report["splat"]["overall"])
+    assert report["fused"]["uses_splats"] and "| fused (whole stack) |" in (metrics_dir / "metrics.md").read_text()
+
+
+def test_resume_continues_at_the_saved_step(ray_session, data, splats, tmp_path):
+    out = tmp_path / "run"
+    train.run(train_cfg(data, splats, out, "steps=4", "report_every=2", "checkpoint_every=2"))
+    first = _history(out)
+    train.run(train_cfg(data, splats, out, "steps=6", "report_every=2", "checkpoint_every=2"))
+    resumed = _history(out)
+    assert resumed[: len(first)] == first  # same run, picked up where it stopped
+    assert [h["step"] for h in resumed] == [2, 4, 6]
+
+
+def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, splats, tmp_path):
+    import os
+    import signal
+
+    from ray.util.state import list_actors
+
+    out = tmp_path / "run"
+    killed = []
+
+    def train_workers():
+        return [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in a.class_name]
+
+    earlier = {a.actor_id for a in train_workers()}  # workers of finished runs may linger
+
+    def kill_a_worker_after_the_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if list((out / "dfd").glob("checkpoint_*")):
+                workers = [a for a in train_workers() if a.actor_id not in earlier]
+                if workers:
+                    os.kill(workers[0].pid, signal.SIGKILL)  # a real crash of a training worker
+                    killed.append(workers[0].pid)
+                    return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=kill_a_worker_after_the_first_checkpoint)
+    thread.start()
+    train.run(train_cfg(data, splats, out, "steps=10", "report_every=2", "checkpoint_every=2", "max_failures=2"))
+    thread.join()
+    assert killed, "no training worker was killed"
+    history = _history(out)
+    assert [h["step"] for h in history] == list(range(2, 11, 2))
+    # `seconds` counts from the worker loop's start: it falls where the group restarted from
+    # the checkpoint and carried on.
+    seconds = [h["seconds"] for h in history]
+    assert any(b < a for a, b in zip(seconds, seconds[1:])), seconds
