@@ -30,9 +30,9 @@ from dfd_ray.services.renderer import RendererPoolConfig
 @dataclass
 class LossWeights:
     lens_coc: float = 0.2  # Siamese: each slice's CoC vs the other slices' depths (pixels, so ~1-2)
-    lens_depth: float = 0.5  # Siamese: one scene, one depth (log metres)
+    lens_depth: float = 0.1  # Siamese: one scene, one depth (log metres)
     render: float = 10.0  # slice re-rendered from the scene's splats with the predicted CoC
-    prior: float = 2.0  # DepthNet pulled to the splat depth where the fit is confident
+    prior: float = 5.0  # DepthNet pulled to the splat depth where the fit is confident (the teacher)
     smooth: float = 0.05  # edge-aware smoothness of log depth and CoC
 
 
@@ -147,7 +147,7 @@ def _plots(history: list[dict], batch: dict, outputs: dict, folder: str) -> None
 
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in sorted({k for h in history for k in h} - {"step", "seconds"}):
+    for key in sorted({k for h in history for k in h} - {"step", "seconds", "resumed_from"}):
         ax.plot(steps, [h.get(key, np.nan) for h in history], label=key)
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -225,6 +225,7 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             step, history = load_training_state(folder, model, optimiser)
+    resumed_from = step  # 0 for a fresh run; the checkpoint's step after a restart or a resume
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if cfg.num_workers > 1 else None)
     shard = ray.train.get_dataset_shard("train")
     sums: dict[str, float] = {}
@@ -243,7 +244,7 @@ def train_loop_per_worker(config: dict) -> None:
                 sums[k] = sums.get(k, 0.0) + v
             if step % cfg.report_every and step % cfg.checkpoint_every and step != cfg.steps:
                 continue
-            metrics = {"step": step, "seconds": round(time.perf_counter() - started, 2),
+            metrics = {"step": step, "seconds": round(time.perf_counter() - started, 2), "resumed_from": resumed_from,
                        **{k: v / count for k, v in sums.items()}}
             history.append(metrics)
             sums, count = {}, 0
