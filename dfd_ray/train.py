@@ -96,10 +96,13 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
     windows = [tuple(int(v) for v in box) for box in batch["crop_box"]]
 
     prior_depth = prior_conf = None
+    service_seconds = 0.0  # time in renderer-service round trips, for the throughput report
     if cfg.supervision == "self" and pool is not None:
+        t0 = time.perf_counter()
         priors = pool.priors_batch([{"scene_id": sid, "window": win} for sid, win in zip(scene_ids, windows)])
         prior_depth = _flip(torch.from_numpy(np.stack([d for d, _ in priors])), batch["flipped"])  # (B, h, w)
         prior_conf = _flip(torch.from_numpy(np.stack([c for _, c in priors])), batch["flipped"])
+        service_seconds += time.perf_counter() - t0
     if prior_depth is not None:
         keep = torch.from_numpy(rng.random(b) >= cfg.prior_dropout).float()[:, None, None]
         net_prior = (prior_depth.repeat_interleave(s, 0), (prior_conf * keep).repeat_interleave(s, 0))
@@ -119,17 +122,19 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
         # The renderer sees the sensor as it is: undo the crop's flips on maps and targets.
         targets = torch.from_numpy(defocus.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
         targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
+        t0 = time.perf_counter()
         terms["render"] = RemoteRenderLoss.apply(
             _flip(coc, batch["flipped"]).reshape(b * s, h, w), pool,
             [sid for sid in scene_ids for _ in range(s)], focus.reshape(-1).tolist(),
             targets.reshape(b * s, h, w, 3), [win for win in windows for _ in range(s)],
         )
+        service_seconds += time.perf_counter() - t0
         terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None])
     terms["smooth"] = (losses.edge_aware_smoothness(torch.log(depth_flat), flat)
                        + losses.edge_aware_smoothness(coc_flat / cfg.model.max_coc_px, flat))
     weights = cfg.loss.__dict__
     loss = sum(weights[k] * v for k, v in terms.items())
-    logged = {k: float(v.detach()) for k, v in terms.items()}
+    logged = {k: float(v.detach()) for k, v in terms.items()} | {"time_service_s": service_seconds}
     if batch["has_depth"].any():  # monitoring only; never a training signal here
         gt = batch["depth"].float().expand(b, s, h, w)
         valid = gt > 0
@@ -147,7 +152,7 @@ def _plots(history: list[dict], batch: dict, outputs: dict, folder: str) -> None
 
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in sorted({k for h in history for k in h} - {"step", "seconds", "resumed_from"}):
+    for key in sorted({k for h in history for k in h if k not in ("step", "seconds", "resumed_from") and not k.startswith("time_")}):
         ax.plot(steps, [h.get(key, np.nan) for h in history], label=key)
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -234,10 +239,12 @@ def train_loop_per_worker(config: dict) -> None:
         batches = 0
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True):
             batches += 1
+            t0 = time.perf_counter()
             loss, logged, outputs = training_step(ddp_model, batch, cfg, pool, rng)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            logged["time_step_s"] = time.perf_counter() - t0
             step += 1
             count += 1
             for k, v in logged.items():
