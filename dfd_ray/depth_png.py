@@ -18,12 +18,6 @@ def encode_depth_mm(depth_m: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_depth_mm(data: bytes) -> np.ndarray:
-    """16-bit PNG in millimetres → (H, W) float32 metres."""
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img).astype(np.float32) / 1000.0
-
-
 def encode_preview(depth_m: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> bytes:
     """Colour-mapped (viridis, near = dark) PNG of a depth map, scaled in inverse depth."""
     from matplotlib import colormaps

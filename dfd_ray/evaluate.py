@@ -25,7 +25,7 @@ from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.metrics import METRIC_KEYS, depth_metrics, mean_metrics
 from dfd_ray.models.store import load_model
 from dfd_ray.splat.fit import FitConfig, fit_scene
-from dfd_ray.splat.scene import load_splats
+from dfd_ray.splat.scene import load_splats, splat_uri
 
 
 @dataclass
@@ -68,7 +68,7 @@ def predict_slices(model, stack: focalstack.FocalStack, prior: tuple[np.ndarray,
 def _splat_prior(cfg: EvalConfig, stack: focalstack.FocalStack) -> tuple[np.ndarray, np.ndarray] | None:
     if cfg.splats:
         try:
-            _, extra = load_splats(storage.join(cfg.splats, f"{stack.scene_id}.npz"))
+            _, extra = load_splats(splat_uri(cfg.splats, stack.scene_id))
             return extra["depth"], extra["confidence"]
         except FileNotFoundError:
             pass

@@ -13,7 +13,6 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 from omegaconf import MISSING
 
 from dfd_ray import depth_png, focalstack, storage
@@ -21,8 +20,8 @@ from dfd_ray.config import require, save_config
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.metrics import depth_metrics, mean_metrics
 from dfd_ray.ray_session import ensure_ray
-from dfd_ray.splat.fit import FitConfig, fit_scene
-from dfd_ray.splat.scene import save_splats
+from dfd_ray.splat import scene
+from dfd_ray.splat.fit import FitConfig, fit_scene, save_fit
 
 
 @dataclass
@@ -41,7 +40,7 @@ class FitJobConfig:
 
 
 def splat_uri(out: str, scene_id: str) -> str:
-    return storage.join(out, "splats", f"{scene_id}.npz")
+    return scene.splat_uri(storage.join(out, "splats"), scene_id)
 
 
 def fit_one(stack: focalstack.FocalStack, cfg: FitJobConfig) -> dict:
@@ -50,8 +49,7 @@ def fit_one(stack: focalstack.FocalStack, cfg: FitJobConfig) -> dict:
 
     torch.set_num_threads(max(1, int(cfg.task_cpus)))
     result = fit_scene(stack, cfg.fit)
-    save_splats(result.splats, splat_uri(cfg.out, stack.scene_id),
-                extra={"depth": result.depth, "confidence": result.confidence, "aif": result.aif})
+    save_fit(result, splat_uri(cfg.out, stack.scene_id))
     storage.write_bytes(storage.join(cfg.out, "depth", f"{stack.scene_id}.png"), depth_png.encode_depth_mm(result.depth))
     storage.write_bytes(storage.join(cfg.out, "depth", f"{stack.scene_id}_preview.png"), depth_png.encode_preview(result.depth))
     record = {"scene_id": stack.scene_id, "seconds": round(result.seconds, 2),

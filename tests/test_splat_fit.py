@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dfd_ray import defocus, depth_png, fit_job, optics, storage, synth
+from dfd_ray import defocus, fit_job, optics, storage, synth
+from dfd_ray.importers.common import decode_png_depth
 from dfd_ray.config import load_config
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.focalstack import FocalStack, write_stacks
@@ -98,6 +99,7 @@ def test_fit_job_writes_outputs_and_records_a_failed_scene(ray_session, tmp_path
         assert {"abs_rel", "rmse", "delta1"} <= set(metrics["per_image_then_mean"][name])
     for stack in stacks:
         _, extra = load_splats(fit_job.splat_uri(str(out), stack.scene_id))
-        png = depth_png.decode_depth_mm(storage.read_bytes(str(out / "depth" / f"{stack.scene_id}.png")))
+        png_uri = str(out / "depth" / f"{stack.scene_id}.png")
+        png = decode_png_depth(storage.read_bytes(png_uri), png_uri)  # the importers' strict reader
         np.testing.assert_allclose(png, extra["depth"], atol=6e-4)
     assert (out / "config.yaml").exists()

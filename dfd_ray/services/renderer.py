@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dfd_ray import focalstack, storage
+from dfd_ray import focalstack
 from dfd_ray.config import require
-from dfd_ray.splat.fit import FitConfig, fit_scene
+from dfd_ray.splat.fit import FitConfig, fit_scene, save_fit
 from dfd_ray.splat.render import render
-from dfd_ray.splat.scene import SceneSplats, load_splats, save_splats
+from dfd_ray.splat.scene import SceneSplats, load_splats, splat_uri
 
 Window = tuple[int, int, int, int]  # top, left, height, width (pixels)
 
@@ -71,7 +71,7 @@ class RendererCore:
             self.counts["hits"] += 1
             self.scenes.move_to_end(scene_id)
             return self.scenes[scene_id]
-        uri = storage.join(self.cfg.splat_store, f"{scene_id}.npz")
+        uri = splat_uri(self.cfg.splat_store, scene_id)
         try:
             splats, extra = load_splats(uri, device=self.device)
             self.counts["loads"] += 1
@@ -81,8 +81,8 @@ class RendererCore:
                 raise RequestError(f"unknown scene {scene_id!r}: no splats at {uri} and not in dataset {where}") from None
             stack = focalstack.read_stack(self.scene_index()[scene_id], scene_id)
             result = fit_scene(stack, self.cfg.fit)
+            save_fit(result, uri)
             extra = {"depth": result.depth, "confidence": result.confidence}
-            save_splats(result.splats, uri, extra=extra)
             splats = result.splats.to(self.device)
             self.counts["fits"] += 1
         self.scenes[scene_id] = splats

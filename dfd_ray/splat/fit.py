@@ -22,7 +22,7 @@ from dfd_ray.config import require, require_choice
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.focalstack import FocalStack
 from dfd_ray.splat.render import render
-from dfd_ray.splat.scene import Camera, SceneSplats
+from dfd_ray.splat.scene import Camera, SceneSplats, save_splats
 
 
 @dataclass
@@ -63,6 +63,11 @@ class FitResult:
     confidence: np.ndarray  # (H, W) in [0, 1]
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def save_fit(result: FitResult, uri: str) -> None:
+    """Persist a fit: its splats with the depth, confidence and AIF maps beside them."""
+    save_splats(result.splats, uri, extra={"depth": result.depth, "confidence": result.confidence, "aif": result.aif})
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:

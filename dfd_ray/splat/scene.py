@@ -111,6 +111,11 @@ class SceneSplats:
         return self
 
 
+def splat_uri(store: str, scene_id: str) -> str:
+    """Where a splat store keeps one scene: `<store>/<scene_id>.npz`."""
+    return storage.join(store, f"{scene_id}.npz")
+
+
 def save_splats(splats: SceneSplats, uri: str, extra: dict[str, np.ndarray] | None = None) -> None:
     """Write the splats (and optional extra arrays, e.g. depth maps) as an .npz to any fsspec URI.
 
