@@ -44,16 +44,33 @@ def lens_planes(focus_distance: torch.Tensor, gain: torch.Tensor, height: int, w
     return feats[:, :, None, None].expand(-1, -1, height, width)
 
 
+class ChannelNorm(nn.Module):
+    """Layer norm over the channels of each pixel. Unlike GroupNorm it pools no statistics across
+    pixels, so an output depends only on its receptive field: a 48-px training crop, a tile and a
+    whole photo see the same network."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = x.var(1, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
 class _Block(nn.Sequential):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1), ChannelNorm(c_out), nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1), ChannelNorm(c_out), nn.SiLU(),
         )
 
 
 class UNet(nn.Module):
-    """A plain U-Net; any input size (padded to a multiple of 2^levels internally)."""
+    """A plain U-Net; any input size (padded to a multiple of 2^(levels-1) internally)."""
 
     def __init__(self, c_in: int, c_out: int, widths: tuple[int, ...]) -> None:
         super().__init__()
