@@ -7,6 +7,7 @@
     dfd-ray fit --data URI --out URI [fit.steps=...]
     dfd-ray train --data URI --out URI [steps=...]
     dfd-ray eval --model URI --data URI --out DIR
+    dfd-ray infer --model URI --input URI --out URI [manifest=URI] [camera.f_number=...]
     dfd-ray demo [--out DIR]
 
 Positional arguments and `--out` are shorthands for the config keys `src`/`uri` and `out`;
@@ -36,6 +37,7 @@ class Command:
     out_flag: bool = True
     data_flag: bool = False  # `--data URI` fills config key `data`
     model_flag: bool = False  # `--model URI` fills config key `model`
+    input_flag: bool = False  # `--input URI` fills config key `input`
 
 
 COMMANDS: dict[str, Command] = {
@@ -45,6 +47,8 @@ COMMANDS: dict[str, Command] = {
     "fit": Command("dfd_ray.fit_job", "FitJobConfig", "fit Gaussian splats to every scene (Ray tasks)", data_flag=True),
     "train": Command("dfd_ray.train", "TrainConfig", "train SDNet + DepthNet (Ray Train)", data_flag=True),
     "eval": Command("dfd_ray.evaluate", "EvalConfig", "depth metrics of a model on held-out stacks", data_flag=True, model_flag=True),
+    "infer": Command("dfd_ray.infer", "InferConfig", "depth for every photo under a prefix (Ray Data batch job)",
+                     model_flag=True, input_flag=True),
     "demo": Command("dfd_ray.demo", "DemoConfig", "run the pipeline end to end on generated data"),
 }
 IMPORTERS: dict[str, Command] = {
@@ -64,6 +68,8 @@ def _add(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
         p.add_argument("--data", help="sets config key 'data'")
     if cmd.model_flag:
         p.add_argument("--model", help="sets config key 'model'")
+    if cmd.input_flag:
+        p.add_argument("--input", help="sets config key 'input'")
     p.add_argument("--config", help="YAML file of config values (overrides still win)")
     p.set_defaults(command=cmd)
     p.epilog = "Any number of key=value config overrides may follow, before or after the flags."
@@ -95,6 +101,8 @@ def resolve(args: argparse.Namespace):
         overrides.insert(0, f"data={args.data}")
     if cmd.model_flag and args.model is not None:
         overrides.insert(0, f"model={args.model}")
+    if cmd.input_flag and args.input is not None:
+        overrides.insert(0, f"input={args.input}")
     cfg = load_config(getattr(module, cmd.config_class), overrides, yaml_uri=args.config)
     return cfg, module.run
 
@@ -115,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = run(cfg)
+    except ConfigError as exc:  # checks that need the inputs (paths exist, sizes agree) run first in run()
+        print(f"dfd-ray: config error: {exc}", file=sys.stderr)
+        return 2
     except DatasetError as exc:
         print(f"dfd-ray: {exc}", file=sys.stderr)
         return 1

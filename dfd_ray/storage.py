@@ -20,6 +20,14 @@ def _storage_options(uri: str) -> dict:
     return {}
 
 
+def worker_runtime_env() -> dict:
+    """Ray remote args that give workers this process's S3 endpoint (AWS_ENDPOINT_URL), for
+    tasks and actors that open URIs themselves; workers may have started before it was set."""
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        return {"runtime_env": {"env_vars": {"AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}}}
+    return {}
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path within it) for `uri`."""
     fs, path = url_to_fs(uri, **_storage_options(uri))

@@ -1,0 +1,399 @@
+"""`dfd-ray infer --model URI --input URI --out URI`: metric depth for every photo under a prefix.
+
+    read_binary_files ─▶ decode + camera ─▶ DepthPredictor actors (tiles) ─▶ write PNGs + rows
+    (or focal-stack Parquet, one row per slice)     (ActorPoolStrategy)       (tasks)
+
+Input: PNG/JPEG/TIFF photos under a local or s3:// prefix (recursive), or a focal-stack Parquet
+dataset (each slice is a photo, its camera from the stack). Camera values per photo: manifest,
+else EXIF, else `camera.*` defaults (photos.resolve_camera); the source is recorded.
+
+Output under `out`, keys mirroring the input keys:
+    <key>.depth.png        16-bit grey, millimetres (0 = invalid)
+    <key>.preview.png      colour-mapped depth
+    _manifest/*.parquet    one row per photo written (MANIFEST_SCHEMA)
+    _errors/*.parquet      one row per photo that failed: input, stage, message, run_id
+    _scenes/               photos sharing a scene_id fused (geometric mean), with manifest.parquet
+Every photo ends in exactly one of the manifest or the errors table. Re-running with the same
+`out` skips photos already in the manifest (errors are retried); `overwrite=true` redoes all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import os
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import MISSING
+
+from dfd_ray import focalstack, photos, storage
+from dfd_ray.config import ConfigError, require, require_choice, save_config
+from dfd_ray.depth_png import encode_depth_mm, encode_preview
+from dfd_ray.ray_session import ensure_ray
+
+MANIFEST_SCHEMA = pa.schema([
+    ("input", pa.string()), ("depth", pa.string()), ("preview", pa.string()), ("scene_id", pa.string()),
+    ("height", pa.int32()), ("width", pa.int32()), ("focus_distance", pa.float64()), ("focal_length", pa.float64()),
+    ("f_number", pa.float64()), ("pixel_size", pa.float64()), ("camera_source", pa.string()), ("tiles", pa.int32()),
+    ("depth_min", pa.float32()), ("depth_median", pa.float32()), ("depth_max", pa.float32()),
+    ("model_id", pa.string()), ("run_id", pa.string()),
+])
+ERRORS_SCHEMA = pa.schema([("input", pa.string()), ("stage", pa.string()), ("message", pa.string()), ("run_id", pa.string())])
+MANIFEST_DIR, ERRORS_DIR, SCENES_DIR = "_manifest", "_errors", "_scenes"
+
+
+@dataclass
+class CameraDefaults:
+    """Used for any value neither the manifest nor the EXIF gives. None = no default."""
+    focus_distance: float | None = None  # metres
+    focal_length: float | None = None  # metres
+    f_number: float | None = None
+    pixel_size: float | None = None  # metres per pixel
+
+
+@dataclass
+class InferConfig:
+    model: str = MISSING  # model or checkpoint URI (model.pt + model.json)
+    input: str = MISSING  # prefix of photos (recursive) or a focal-stack Parquet dataset
+    out: str = MISSING  # depth PNGs, previews, manifest and errors tables
+    manifest: str = ""  # CSV / JSON lines / Parquet: path, focus_distance, focal_length, f_number, pixel_size[, scene_id]
+    camera: CameraDefaults = field(default_factory=CameraDefaults)
+    tile: int = 256  # pixels; larger photos are cut into overlapping tiles of this size
+    overlap: int = 32  # pixels shared by neighbouring tiles, blended
+    batch_size: int = 4  # photos per predictor call, and tiles per forward pass
+    num_actors: int = 1  # predictor actors (model replicas)
+    actor_cpus: float = 0.5  # per predictor actor; fractional on a laptop (DESIGN §5)
+    actor_gpus: float = 1.0  # per predictor actor, when the device is cuda
+    device: str = "auto"  # auto: cuda when the cluster has GPUs, else cpu
+    task_cpus: float = 0.25  # per read, decode and write task
+    overwrite: bool = False  # redo photos already in the manifest
+    run_id: str = ""  # "" = a timestamp
+    ray_cpus: int = 4  # logical CPUs of an embedded local Ray (ignored on a cluster)
+
+    def __post_init__(self) -> None:
+        require(self.tile >= 16, "tile", "must be >= 16 pixels")
+        require(0 <= self.overlap < self.tile // 2, "overlap", f"must be in [0, tile/2 = {self.tile // 2})")
+        require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "batch_size and num_actors must be >= 1")
+        require(self.actor_cpus > 0 and self.task_cpus > 0, "actor_cpus", "actor_cpus and task_cpus must be > 0")
+        require_choice("device", self.device, ["auto", "cpu", "cuda"])
+        for key in photos.CAMERA_KEYS:
+            value = getattr(self.camera, key)
+            require(value is None or value > 0, f"camera.{key}", f"must be positive (metres) or null, got {value}")
+
+
+# --- stages (plain functions and a class; Ray Data calls them on numpy batches) ---------------
+
+def _uri(path: str, input_prefix: str) -> str:
+    """A reader's file path (no scheme; Parquet drops the leading '/' of local paths) → its URI."""
+    if "://" in input_prefix:
+        protocol = input_prefix.split("://")[0] + "://"
+        return path if path.startswith(protocol) else protocol + path
+    return path if path.startswith("/") else "/" + path
+
+
+def stack_slices(row: dict, input_prefix: str, done: frozenset) -> list[dict]:
+    """One focal-stack row → one row per slice, with the stack's camera (flat_map)."""
+    shard = _uri(row["path"], input_prefix)
+    folder = photos.photo_key(posixpath.dirname(shard), input_prefix)
+    out = []
+    for k, (data, focus) in enumerate(zip(row["images"], row["focus_distances"])):
+        path = f"{shard}#{row['scene_id']}/{k}"
+        if path in done:
+            continue
+        out.append({"path": path, "key": posixpath.join(folder, row["scene_id"], f"slice{k}"), "bytes": data,
+                    "scene_id": row["scene_id"], "focus_distance": float(focus), "focal_length": row["focal_length"],
+                    "f_number": row["f_number"], "pixel_size": row["pixel_size"]})
+    return out
+
+
+def decode(batch: dict, input_prefix: str, manifest: dict, defaults: dict) -> dict:
+    """Photo bytes → raw uint16 pixels + camera values, or an error stage and message per row."""
+    n = len(batch["path"])
+    from_stack = "focus_distance" in batch
+    out: dict[str, list] = {k: [] for k in ("path", "key", "scene_id", "pixels", "height", "width", "camera_source",
+                                            "stage", "message", *photos.CAMERA_KEYS)}
+    for i in range(n):
+        path = batch["path"][i]
+        if from_stack:
+            key, scene_id = batch["key"][i], batch["scene_id"][i]
+            given, label = {k: float(batch[k][i]) for k in photos.CAMERA_KEYS}, "stack"
+        else:
+            path = _uri(path, input_prefix)
+            key = photos.photo_key(path, input_prefix)
+            given, label = manifest.get(key), "manifest"
+            scene_id = (given or {}).get("scene_id", "")
+        pixels, camera, stage, message = b"", {k: float("nan") for k in photos.CAMERA_KEYS}, "", ""
+        h = w = 0
+        try:
+            stage = "decode"
+            image, exif = photos.decode_photo(batch["bytes"][i])
+            h, w = image.shape[:2]
+            stage = "camera"
+            camera, source = photos.resolve_camera(given, exif, defaults)
+            source = source.replace("manifest", label)
+            pixels, stage = image.tobytes(), ""
+        except Exception as exc:  # PhotoError, or anything a decoder throws: one error row, never a lost batch
+            message = str(exc) if isinstance(exc, photos.PhotoError) else f"{type(exc).__name__}: {exc}"
+            source = ""
+        for name, value in (("path", path), ("key", key), ("scene_id", scene_id), ("pixels", pixels), ("height", h),
+                            ("width", w), ("camera_source", source), ("stage", stage), ("message", message),
+                            *camera.items()):
+            out[name].append(value)
+    return {k: np.array(v, dtype=object) if k in ("pixels",) else np.array(v) for k, v in out.items()}
+
+
+class DepthPredictor:
+    """A model replica (one per actor): photos → depth maps through overlapping tiles."""
+
+    def __init__(self, model_uri: str, tile: int, overlap: int, batch_size: int, device: str) -> None:
+        from dfd_ray.models.store import load_model
+
+        self.model, _ = load_model(model_uri, device)
+        self.tile, self.overlap, self.batch_size, self.device = tile, overlap, batch_size, device
+
+    def _forward(self, images, lens):
+        return self.model(images, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])[1]
+
+    def _predict(self, rows: list[int], batch: dict) -> tuple[list[np.ndarray], list[int]]:
+        from dfd_ray.tiling import predict_tiled
+
+        images = [np.frombuffer(batch["pixels"][i], np.uint16).reshape(int(batch["height"][i]), int(batch["width"][i]), 3)
+                  .astype(np.float32) / 65535.0 for i in rows]
+        lens = np.array([[batch[k][i] for k in photos.CAMERA_KEYS] for i in rows], np.float32)
+        return predict_tiled(images, lens, self._forward, self.tile, self.overlap, self.batch_size, self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["path"])
+        depth, tiles = [b""] * n, [0] * n
+        stage, message = list(batch["stage"]), list(batch["message"])
+        ok = [i for i in range(n) if not stage[i]]
+        try:
+            results = [self._predict(ok, batch)] if ok else []
+            groups = [ok]
+        except Exception:  # find the photo(s) at fault instead of failing the batch
+            results, groups = [], []
+            for i in ok:
+                try:
+                    results.append(self._predict([i], batch))
+                    groups.append([i])
+                except Exception as exc:
+                    stage[i], message[i] = "predict", f"{type(exc).__name__}: {exc}"
+        for rows, (maps, counts) in zip(groups, results):
+            for i, d, c in zip(rows, maps, counts):
+                depth[i], tiles[i] = d.astype(np.float32).tobytes(), c
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out.update(depth=np.array(depth, dtype=object), tiles=np.array(tiles), stage=np.array(stage),
+                   message=np.array(message))
+        return out
+
+
+def _write_table(rows: list[dict], schema: pa.Schema, folder: str, run_id: str) -> None:
+    if rows:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+        storage.write_bytes(storage.join(folder, f"part-{run_id}-{uuid.uuid4().hex[:12]}.parquet"), buf.getvalue())
+
+
+def write_outputs(batch: dict, out: str, run_id: str, model_id: str) -> dict:
+    """Depth PNG + preview per photo, then this batch's manifest and error rows (one part each).
+
+    The rows go out after the images, so a photo in the manifest always has its files."""
+    manifest, errors, status = [], [], []
+    for i in range(len(batch["path"])):
+        stage, message = batch["stage"][i], batch["message"][i]
+        if not stage:
+            try:
+                h, w = int(batch["height"][i]), int(batch["width"][i])
+                depth = np.frombuffer(batch["depth"][i], np.float32).reshape(h, w)
+                depth_uri = storage.join(out, batch["key"][i] + ".depth.png")
+                preview_uri = storage.join(out, batch["key"][i] + ".preview.png")
+                storage.write_bytes(depth_uri, encode_depth_mm(depth))
+                storage.write_bytes(preview_uri, encode_preview(depth))
+                lo, mid, hi = np.percentile(depth, [0, 50, 100])
+                manifest.append({"input": batch["path"][i], "depth": depth_uri, "preview": preview_uri,
+                                 "scene_id": batch["scene_id"][i], "height": h, "width": w,
+                                 **{k: float(batch[k][i]) for k in photos.CAMERA_KEYS},
+                                 "camera_source": batch["camera_source"][i], "tiles": int(batch["tiles"][i]),
+                                 "depth_min": lo, "depth_median": mid, "depth_max": hi, "model_id": model_id,
+                                 "run_id": run_id})
+            except Exception as exc:
+                stage, message = "write", f"{type(exc).__name__}: {exc}"
+        if stage:
+            errors.append({"input": batch["path"][i], "stage": stage, "message": message, "run_id": run_id})
+        status.append("error" if stage else "done")
+    _write_table(manifest, MANIFEST_SCHEMA, storage.join(out, MANIFEST_DIR), run_id)
+    _write_table(errors, ERRORS_SCHEMA, storage.join(out, ERRORS_DIR), run_id)
+    return {"path": batch["path"], "status": np.array(status)}
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+def read_table(out: str, folder: str, schema: pa.Schema) -> pa.Table:
+    """The manifest (MANIFEST_DIR) or errors (ERRORS_DIR) table of an output prefix; empty if none."""
+    parts = storage.list_files(storage.join(out, folder), "*.parquet")
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(p))) for p in parts]
+    return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
+
+
+def _clear(out: str, folder: str) -> None:
+    for part in storage.list_files(storage.join(out, folder), "*.parquet"):
+        fs, path = storage.filesystem(part)
+        fs.rm(path)
+
+
+def fuse_scene(group: dict, out: str) -> dict:
+    """Geometric mean of the depth maps of one scene's photos → _scenes/<scene_id>.{depth,preview}.png."""
+    from dfd_ray.importers.common import decode_png_depth
+
+    depths = [decode_png_depth(storage.read_bytes(uri), uri) for uri in group["depths"]]
+    row = {"scene_id": group["scene_id"], "members": len(depths), "depth": "", "preview": "", "message": ""}
+    if len({d.shape for d in depths}) > 1:
+        row["message"] = f"not fused: photo sizes differ ({sorted({d.shape for d in depths})})"
+        return row
+    stack = np.stack(depths)
+    valid = (stack > 0).all(axis=0)
+    fused = np.where(valid, np.exp(np.log(np.where(stack > 0, stack, 1.0)).mean(axis=0)), 0.0)
+    row["depth"] = storage.join(out, SCENES_DIR, f"{group['scene_id']}.depth.png")
+    row["preview"] = storage.join(out, SCENES_DIR, f"{group['scene_id']}.preview.png")
+    storage.write_bytes(row["depth"], encode_depth_mm(fused))
+    storage.write_bytes(row["preview"], encode_preview(np.where(valid, fused, np.nan)))
+    return row
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+def _model_id(model: str) -> str:
+    try:
+        weights = storage.read_bytes(storage.join(model, "model.pt"))
+        storage.read_bytes(storage.join(model, "model.json"))
+    except FileNotFoundError:
+        raise ConfigError(f"config key 'model': {model} holds no model.pt + model.json (a dfd-ray model or checkpoint)") from None
+    return hashlib.sha256(weights).hexdigest()[:12]
+
+
+def _inputs(cfg: InferConfig) -> tuple[str, list[str], int]:
+    """(kind "photos" or "stacks", photo URIs or shard URIs, files ignored); fails before cluster work."""
+    try:
+        found, ignored = photos.list_photos(cfg.input)
+        if found:
+            return "photos", found, ignored
+        shards = [s for prefix in focalstack.dataset_prefixes(cfg.input) for s in focalstack.shard_uris(prefix)]
+    except (FileNotFoundError, focalstack.DatasetError):
+        shards = []
+    if not shards:
+        raise ConfigError(f"config key 'input': no PNG, JPEG or TIFF photos and no focal-stack Parquet under {cfg.input}")
+    return "stacks", shards, 0
+
+
+def _dataset(cfg: InferConfig, kind: str, todo: list[str], done: frozenset, manifest: dict, model_id: str,
+             run_id: str, use_gpu: bool):
+    import ray.data
+
+    arrow_fs, _ = storage.arrow_filesystem(cfg.input)
+    env = storage.worker_runtime_env()
+    paths = [storage.filesystem(u)[1] for u in todo]
+    if kind == "photos":
+        ds = ray.data.read_binary_files(paths, filesystem=arrow_fs, include_paths=True, num_cpus=cfg.task_cpus,
+                                        override_num_blocks=max(1, len(paths) // cfg.batch_size))
+    else:
+        ds = ray.data.read_parquet(paths, filesystem=arrow_fs, include_paths=True, num_cpus=cfg.task_cpus).select_columns(
+            ["path", "scene_id", "images", "focus_distances", "focal_length", "f_number", "pixel_size"])
+        ds = ds.flat_map(stack_slices, fn_kwargs={"input_prefix": cfg.input, "done": done}, num_cpus=cfg.task_cpus)
+    defaults = {k: getattr(cfg.camera, k) for k in photos.CAMERA_KEYS}
+    ds = ds.map_batches(decode, batch_size=cfg.batch_size, num_cpus=cfg.task_cpus,
+                        fn_kwargs={"input_prefix": cfg.input, "manifest": manifest, "defaults": defaults}, **env)
+    ds = ds.map_batches(DepthPredictor, batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+                        num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus if use_gpu else 0,
+                        fn_constructor_kwargs={"model_uri": cfg.model, "tile": cfg.tile, "overlap": cfg.overlap,
+                                               "batch_size": cfg.batch_size, "device": "cuda" if use_gpu else "cpu"},
+                        **env)
+    return ds.map_batches(write_outputs, batch_size=cfg.batch_size, num_cpus=cfg.task_cpus,
+                          fn_kwargs={"out": cfg.out, "run_id": run_id, "model_id": model_id}, **env)
+
+
+def _fuse_scenes(cfg: InferConfig, new_inputs: set[str]) -> int:
+    """Fuse every scene with a photo written this run; returns the number of scenes fused."""
+    import ray.data
+
+    table = read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA).select(["input", "depth", "scene_id"]).to_pylist()
+    groups: dict[str, list[dict]] = {}
+    for row in table:
+        if row["scene_id"]:
+            groups.setdefault(row["scene_id"], []).append(row)
+    todo = [{"scene_id": s, "depths": [r["depth"] for r in sorted(rows, key=lambda r: r["input"])]}
+            for s, rows in sorted(groups.items()) if len(rows) > 1 and any(r["input"] in new_inputs for r in rows)]
+    if not todo:
+        return 0
+    index_uri = storage.join(cfg.out, SCENES_DIR, "manifest.parquet")
+    rows = ray.data.from_items(todo).map(fuse_scene, fn_kwargs={"out": cfg.out}, num_cpus=cfg.task_cpus,
+                                         **storage.worker_runtime_env()).take_all()
+    fused = {r["scene_id"] for r in rows}
+    if storage.exists(index_uri):
+        rows += [r for r in pq.read_table(io.BytesIO(storage.read_bytes(index_uri))).to_pylist() if r["scene_id"] not in fused]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(sorted(rows, key=lambda r: r["scene_id"])), buf)
+    storage.write_bytes(index_uri, buf.getvalue())
+    return len(fused)
+
+
+def run(cfg: InferConfig) -> dict:
+    import ray
+
+    if storage.is_local(cfg.input):
+        cfg.input = os.path.abspath(cfg.input.removeprefix("file://"))
+    if storage.is_local(cfg.out):
+        cfg.out = os.path.abspath(cfg.out.removeprefix("file://"))
+    model_id = _model_id(cfg.model)
+    kind, items, ignored = _inputs(cfg)
+    try:
+        manifest = photos.read_camera_manifest(cfg.manifest, cfg.input) if cfg.manifest else {}
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"config key 'manifest': {exc}") from None
+    run_id = cfg.run_id or datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    if cfg.overwrite:
+        _clear(cfg.out, MANIFEST_DIR)
+    _clear(cfg.out, ERRORS_DIR)  # failed photos are retried; their rows come back if they fail again
+    done = frozenset(read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA).column("input").to_pylist())
+    save_config(cfg, storage.join(cfg.out, f"_runs/{run_id}"))
+
+    started = ensure_ray(cfg.ray_cpus)
+    try:
+        use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        todo = [u for u in items if u not in done] if kind == "photos" else items
+        t0 = time.perf_counter()
+        seen, counts = set(), {"done": 0, "error": 0}
+        if todo:
+            ds = _dataset(cfg, kind, todo, done, manifest, model_id, run_id, use_gpu)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                seen.update(batch["path"].tolist())
+                for status in batch["status"]:
+                    counts[str(status)] += 1
+        if kind == "photos":  # a photo the reader dropped must not vanish from the accounting
+            lost = [u for u in todo if u not in seen]
+            _write_table([{"input": u, "stage": "read", "message": "the reader returned no row for this file",
+                           "run_id": run_id} for u in lost], ERRORS_SCHEMA, storage.join(cfg.out, ERRORS_DIR), run_id)
+            counts["error"] += len(lost)
+        seconds = time.perf_counter() - t0
+        written = read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA).select(["input", "run_id"]).to_pylist()
+        new_inputs = {r["input"] for r in written if r["run_id"] == run_id}
+        scenes = _fuse_scenes(cfg, new_inputs)
+    finally:
+        if started:
+            ray.shutdown()
+    total = len(read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA)) + len(read_table(cfg.out, ERRORS_DIR, ERRORS_SCHEMA))
+    skipped = total - counts["done"] - counts["error"]
+    summary = {"run_id": run_id, "inputs": total, "done": counts["done"], "skipped": skipped,
+               "errors": counts["error"], "ignored_files": ignored, "scenes_fused": scenes, "seconds": round(seconds, 2),
+               "images_per_s": round(counts["done"] / seconds, 3) if seconds > 0 and counts["done"] else 0.0,
+               "model_id": model_id, "device": "cuda" if use_gpu else "cpu", "out": cfg.out}
+    print(f"infer {run_id}: {summary['done']} done, {skipped} skipped, {summary['errors']} errors "
+          f"({total} inputs), {summary['images_per_s']:.2f} images/s on {summary['device']}, "
+          f"{scenes} scenes fused -> {cfg.out}", flush=True)
+    return summary
