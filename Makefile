@@ -31,6 +31,7 @@ test: install
 
 bench: install
 	$(PY) jobs/bench_synth.py
+	$(PY) jobs/bench_accuracy.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
