@@ -68,6 +68,7 @@ class InferConfig:
     tile: int = 256  # pixels; larger photos are cut into overlapping tiles of this size
     overlap: int = 32  # pixels shared by neighbouring tiles, blended
     batch_size: int = 4  # photos per predictor call, and tiles per forward pass
+    io_batch: int = 16  # photos per read, decode and write task (fewer, larger tasks: less overhead)
     num_actors: int = 1  # predictor actors (model replicas)
     actor_cpus: float = 0.5  # per predictor actor; fractional on a laptop (DESIGN §5)
     actor_gpus: float = 1.0  # per predictor actor, when the device is cuda
@@ -80,7 +81,8 @@ class InferConfig:
     def __post_init__(self) -> None:
         require(self.tile >= 16, "tile", "must be >= 16 pixels")
         require(0 <= self.overlap < self.tile // 2, "overlap", f"must be in [0, tile/2 = {self.tile // 2})")
-        require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "batch_size and num_actors must be >= 1")
+        require(min(self.batch_size, self.io_batch, self.num_actors) >= 1, "batch_size",
+                "batch_size, io_batch and num_actors must be >= 1")
         require(self.actor_cpus > 0 and self.task_cpus > 0, "actor_cpus", "actor_cpus and task_cpus must be > 0")
         require_choice("device", self.device, ["auto", "cpu", "cuda"])
         for key in photos.CAMERA_KEYS:
@@ -152,9 +154,12 @@ def decode(batch: dict, input_prefix: str, manifest: dict, defaults: dict) -> di
 class DepthPredictor:
     """A model replica (one per actor): photos → depth maps through overlapping tiles."""
 
-    def __init__(self, model_uri: str, tile: int, overlap: int, batch_size: int, device: str) -> None:
+    def __init__(self, model_uri: str, tile: int, overlap: int, batch_size: int, device: str, threads: int) -> None:
+        import torch
+
         from dfd_ray.models.store import load_model
 
+        torch.set_num_threads(threads)  # its CPU share; more threads than cores only contend
         self.model, _ = load_model(model_uri, device)
         self.tile, self.overlap, self.batch_size, self.device = tile, overlap, batch_size, device
 
@@ -301,20 +306,21 @@ def _dataset(cfg: InferConfig, kind: str, todo: list[str], done: frozenset, mani
     paths = [storage.filesystem(u)[1] for u in todo]
     if kind == "photos":
         ds = ray.data.read_binary_files(paths, filesystem=arrow_fs, include_paths=True, num_cpus=cfg.task_cpus,
-                                        override_num_blocks=max(1, len(paths) // cfg.batch_size))
+                                        override_num_blocks=-(-len(paths) // cfg.io_batch))
     else:
         ds = ray.data.read_parquet(paths, filesystem=arrow_fs, include_paths=True, num_cpus=cfg.task_cpus).select_columns(
             ["path", "scene_id", "images", "focus_distances", "focal_length", "f_number", "pixel_size"])
         ds = ds.flat_map(stack_slices, fn_kwargs={"input_prefix": cfg.input, "done": done}, num_cpus=cfg.task_cpus)
     defaults = {k: getattr(cfg.camera, k) for k in photos.CAMERA_KEYS}
-    ds = ds.map_batches(decode, batch_size=cfg.batch_size, num_cpus=cfg.task_cpus,
+    ds = ds.map_batches(decode, batch_size=None, num_cpus=cfg.task_cpus,
                         fn_kwargs={"input_prefix": cfg.input, "manifest": manifest, "defaults": defaults}, **env)
     ds = ds.map_batches(DepthPredictor, batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
                         num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus if use_gpu else 0,
                         fn_constructor_kwargs={"model_uri": cfg.model, "tile": cfg.tile, "overlap": cfg.overlap,
-                                               "batch_size": cfg.batch_size, "device": "cuda" if use_gpu else "cpu"},
+                                               "batch_size": cfg.batch_size, "device": "cuda" if use_gpu else "cpu",
+                                               "threads": max(1, round(cfg.actor_cpus))},
                         **env)
-    return ds.map_batches(write_outputs, batch_size=cfg.batch_size, num_cpus=cfg.task_cpus,
+    return ds.map_batches(write_outputs, batch_size=cfg.io_batch, num_cpus=cfg.task_cpus,
                           fn_kwargs={"out": cfg.out, "run_id": run_id, "model_id": model_id}, **env)
 
 
