@@ -2,7 +2,8 @@
 
 generate (synth) → validate → stream crops through Ray Data → contact sheet → fit every scene
 (Ray tasks) → train self-supervised with the renderer pool (Ray Train) → evaluate against depth
-from focus and the splat fits. Sized for a 2-core laptop; batch inference joins when it lands.
+from focus and the splat fits → batch inference (Ray Data) over the test slices exported as PNG
+photos with a camera manifest. Sized for a 2-core laptop.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from dfd_ray import contact_sheet, evaluate, fit_job, storage, streaming, synth, train
+from dfd_ray import contact_sheet, evaluate, fit_job, focalstack, infer, storage, streaming, synth, train
 from dfd_ray.config import load_config, require, save_config
 from dfd_ray.focalstack import validate
 from dfd_ray.ray_session import ensure_ray
@@ -101,8 +102,31 @@ def _stages(cfg: DemoConfig) -> dict:
     _step(f"evaluate on the held-out stacks → {metrics_dir}")
     evaluate.run(load_config(evaluate.EvalConfig, [
         f"model={trained['model']}", f"data={data}", f"out={metrics_dir}", f"splats={storage.join(fitted, 'splats')}"]))
+
+    photos_dir, depth_dir = storage.join(cfg.out, "photos"), storage.join(cfg.out, "depth")
+    t = _step(f"batch inference: test slices as PNG photos + camera manifest → {depth_dir}")
+    manifest = _export_photos(storage.join(data, "test"), photos_dir)
+    inferred = infer.run(load_config(infer.InferConfig, [
+        f"model={trained['model']}", f"input={photos_dir}", f"manifest={manifest}", f"out={depth_dir}",
+        f"ray_cpus={cfg.ray_cpus}"]))
+    print(f"   ({time.perf_counter() - t:.0f} s)")
     pngs = [sheet, storage.join(run_dir, "training_curve.png"), storage.join(run_dir, "sample_prediction.png"),
-            storage.join(fitted, "depth")]
+            storage.join(fitted, "depth"), storage.join(depth_dir, "_scenes")]
     print("PNGs written:\n  " + "\n  ".join(pngs))
     return {"data": data, "contact_sheet": sheet, "stacks_streamed": n_stacks, "fit": fit,
-            "model": trained["model"], "metrics": storage.join(metrics_dir, "metrics.json")}
+            "model": trained["model"], "metrics": storage.join(metrics_dir, "metrics.json"),
+            "inference": {k: inferred[k] for k in ("done", "errors", "scenes_fused", "images_per_s")} | {"out": depth_dir}}
+
+
+def _export_photos(test_prefix: str, folder: str) -> str:
+    """Each test slice as <folder>/<scene_id>/slice<k>.png; returns the camera manifest (CSV) URI."""
+    lines = ["path,focus_distance,focal_length,f_number,pixel_size,scene_id"]
+    for stack in focalstack.read_stacks(test_prefix):
+        for k, (image, focus) in enumerate(zip(stack.images, stack.focus_distances)):
+            key = f"{stack.scene_id}/slice{k}.png"
+            storage.write_bytes(storage.join(folder, key), focalstack.encode_png(image))
+            lines.append(f"{key},{focus:.6g},{stack.focal_length:.6g},{stack.f_number:.6g},{stack.pixel_size:.6g},"
+                         f"{stack.scene_id}")
+    manifest = folder.rstrip("/") + "_cameras.csv"
+    storage.write_bytes(manifest, ("\n".join(lines) + "\n").encode())
+    return manifest

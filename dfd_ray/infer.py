@@ -64,7 +64,7 @@ class InferConfig:
     input: str = MISSING  # prefix of photos (recursive) or a focal-stack Parquet dataset
     out: str = MISSING  # depth PNGs, previews, manifest and errors tables
     manifest: str = ""  # CSV / JSON lines / Parquet: path, focus_distance, focal_length, f_number, pixel_size[, scene_id]
-    camera: CameraDefaults = field(default_factory=CameraDefaults)
+    camera: CameraDefaults = field(default_factory=CameraDefaults)  # for values neither the manifest nor the EXIF gives
     tile: int = 256  # pixels; larger photos are cut into overlapping tiles of this size
     overlap: int = 32  # pixels shared by neighbouring tiles, blended
     batch_size: int = 4  # photos per predictor call, and tiles per forward pass
