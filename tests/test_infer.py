@@ -257,7 +257,7 @@ def test_interrupted_run_resumes_without_rewriting(ray_session, model_uri, tmp_p
         (src / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(_texture(160, 160, i)).save(src / f"d{i % 2}/p{i:02d}.png")
     camera = ["camera.focus_distance=0.5", "camera.focal_length=0.0029", "camera.f_number=1", "camera.pixel_size=1.2e-5"]
-    args = ["infer", "--model", model_uri, "--input", str(src), "--out", str(out), "batch_size=1", "tile=48",
+    args = ["infer", "--model", model_uri, "--input", str(src), "--out", str(out), "batch_size=1", "io_batch=1", "tile=48",
             "overlap=8", *camera]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "dfd_ray.cli", *args], env=env, stdout=subprocess.DEVNULL,
