@@ -27,7 +27,7 @@ demo: install
 	$(VENV)/bin/dfd-ray demo --out $(DEMO_OUT)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 bench: install
 	$(PY) jobs/bench_synth.py
