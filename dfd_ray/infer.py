@@ -92,17 +92,9 @@ class InferConfig:
 
 # --- stages (plain functions and a class; Ray Data calls them on numpy batches) ---------------
 
-def _uri(path: str, input_prefix: str) -> str:
-    """A reader's file path (no scheme; Parquet drops the leading '/' of local paths) → its URI."""
-    if "://" in input_prefix:
-        protocol = input_prefix.split("://")[0] + "://"
-        return path if path.startswith(protocol) else protocol + path
-    return path if path.startswith("/") else "/" + path
-
-
 def stack_slices(row: dict, input_prefix: str, done: frozenset) -> list[dict]:
     """One focal-stack row → one row per slice, with the stack's camera (flat_map)."""
-    shard = _uri(row["path"], input_prefix)
+    shard = storage.as_uri(row["path"], input_prefix)
     folder = photos.photo_key(posixpath.dirname(shard), input_prefix)
     out = []
     for k, (data, focus) in enumerate(zip(row["images"], row["focus_distances"])):
@@ -127,7 +119,7 @@ def decode(batch: dict, input_prefix: str, manifest: dict, defaults: dict) -> di
             key, scene_id = batch["key"][i], batch["scene_id"][i]
             given, label = {k: float(batch[k][i]) for k in photos.CAMERA_KEYS}, "stack"
         else:
-            path = _uri(path, input_prefix)
+            path = storage.as_uri(path, input_prefix)
             key = photos.photo_key(path, input_prefix)
             given, label = manifest.get(key), "manifest"
             scene_id = (given or {}).get("scene_id", "")
@@ -324,17 +316,16 @@ def _dataset(cfg: InferConfig, kind: str, todo: list[str], done: frozenset, mani
                           fn_kwargs={"out": cfg.out, "run_id": run_id, "model_id": model_id}, **env)
 
 
-def _fuse_scenes(cfg: InferConfig, new_inputs: set[str]) -> int:
-    """Fuse every scene with a photo written this run; returns the number of scenes fused."""
+def _fuse_scenes(cfg: InferConfig, manifest: pa.Table, run_id: str) -> int:
+    """Fuse every scene with a photo written by this run; returns the number of scenes fused."""
     import ray.data
 
-    table = read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA).select(["input", "depth", "scene_id"]).to_pylist()
     groups: dict[str, list[dict]] = {}
-    for row in table:
+    for row in manifest.select(["input", "depth", "scene_id", "run_id"]).to_pylist():
         if row["scene_id"]:
             groups.setdefault(row["scene_id"], []).append(row)
     todo = [{"scene_id": s, "depths": [r["depth"] for r in sorted(rows, key=lambda r: r["input"])]}
-            for s, rows in sorted(groups.items()) if len(rows) > 1 and any(r["input"] in new_inputs for r in rows)]
+            for s, rows in sorted(groups.items()) if len(rows) > 1 and any(r["run_id"] == run_id for r in rows)]
     if not todo:
         return 0
     index_uri = storage.join(cfg.out, SCENES_DIR, "manifest.parquet")
@@ -387,13 +378,12 @@ def run(cfg: InferConfig) -> dict:
                            "run_id": run_id} for u in lost], ERRORS_SCHEMA, storage.join(cfg.out, ERRORS_DIR), run_id)
             counts["error"] += len(lost)
         seconds = time.perf_counter() - t0
-        written = read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA).select(["input", "run_id"]).to_pylist()
-        new_inputs = {r["input"] for r in written if r["run_id"] == run_id}
-        scenes = _fuse_scenes(cfg, new_inputs)
+        written = read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA)
+        scenes = _fuse_scenes(cfg, written, run_id)
     finally:
         if started:
             ray.shutdown()
-    total = len(read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA)) + len(read_table(cfg.out, ERRORS_DIR, ERRORS_SCHEMA))
+    total = len(written) + len(read_table(cfg.out, ERRORS_DIR, ERRORS_SCHEMA))
     skipped = total - counts["done"] - counts["error"]
     summary = {"run_id": run_id, "inputs": total, "done": counts["done"], "skipped": skipped,
                "errors": counts["error"], "ignored_files": ignored, "scenes_fused": scenes, "seconds": round(seconds, 2),

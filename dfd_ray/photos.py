@@ -196,11 +196,6 @@ def list_photos(prefix: str) -> tuple[list[str], int]:
     """(URIs of every photo under `prefix`, recursively, sorted; count of other files ignored)."""
     fs, path = storage.filesystem(prefix)
     fs.invalidate_cache()
-    if fs.isfile(path):
-        found = [path]
-    else:
-        found = sorted(fs.find(path))
-    protocol = prefix.split("://", 1)[0] + "://" if "://" in prefix and not prefix.startswith("file://") else ""
-    photos = [protocol + p if protocol and not p.startswith(protocol) else p
-              for p in found if p.lower().endswith(IMAGE_EXTENSIONS)]
+    found = [path] if fs.isfile(path) else sorted(fs.find(path))
+    photos = [storage.as_uri(p, prefix) for p in found if p.lower().endswith(IMAGE_EXTENSIONS)]
     return photos, len(found) - len(photos)

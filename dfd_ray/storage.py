@@ -72,10 +72,17 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def as_uri(path: str, like: str) -> str:
+    """A path as filesystems and readers return it (no scheme; pyarrow's Parquet reader also drops
+    the leading '/' of local paths) → a URI in the scheme of `like`."""
+    if "://" in like and not like.startswith("file://"):
+        protocol = like.split("://", 1)[0] + "://"
+        return path if path.startswith(protocol) else protocol + path
+    return path if path.startswith("/") else "/" + path
+
+
 def list_files(uri: str, pattern: str) -> list[str]:
     """Full URIs of files directly under `uri` whose names match the glob `pattern`, sorted."""
     fs, path = filesystem(uri)
     fs.invalidate_cache()  # s3fs caches listings; a writer in this process may have added files
-    found = fs.glob(posixpath.join(path.rstrip("/"), pattern))
-    protocol = uri.split("://", 1)[0] + "://" if "://" in uri and not uri.startswith("file://") else ""
-    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in found)
+    return sorted(as_uri(p, uri) for p in fs.glob(posixpath.join(path.rstrip("/"), pattern)))
