@@ -80,6 +80,10 @@ class StreamConfig:
         shuffle before decoding; TorchFocalStacks: shards shuffled and rows shuffled within a window
         of `shuffle_window_shards` shards).
     reseed_each_epoch: Ray only; False repeats the same crops every epoch (e.g. a fixed validation set).
+    crops_per_pass: Ray only; random crops drawn from every stack in one pass over the data (one
+        Ray Data execution), interleaved so that consecutive samples come from different stacks.
+        Each pass restarts the pipeline (seconds on a small node), so training on a small dataset
+        sets it > 1 to make a pass long; crops of a stack stay distinct (pass, repeat) draws.
     map_num_cpus / read_num_cpus: logical CPUs per Ray Data task. Fractional, because a small node
         whose CPUs are held by train workers never schedules a task that wants a whole CPU. (Ray
         2.60's read_parquet also runs one file-listing task per epoch that always asks for 1 CPU
@@ -97,6 +101,7 @@ class StreamConfig:
     read_num_cpus: float = 0.25
     map_batch_size: int = 8
     shuffle_window_shards: int = 2
+    crops_per_pass: int = 1
 
     def __post_init__(self) -> None:
         require(self.crop >= 0, "crop", f"must be >= 0 pixels (0 = full image), got {self.crop}")
@@ -105,6 +110,7 @@ class StreamConfig:
         require(self.map_num_cpus > 0, "map_num_cpus", f"must be > 0, got {self.map_num_cpus}")
         require(self.read_num_cpus > 0, "read_num_cpus", f"must be > 0, got {self.read_num_cpus}")
         require(self.map_batch_size >= 1, "map_batch_size", f"must be >= 1, got {self.map_batch_size}")
+        require(self.crops_per_pass >= 1, "crops_per_pass", f"must be >= 1, got {self.crops_per_pass}")
         require(
             self.shuffle_window_shards >= 1,
             "shuffle_window_shards",
@@ -262,7 +268,7 @@ def _checked_shards(uri: str) -> list[tuple[str, int]]:
 # --- Ray Data -------------------------------------------------------------------------------
 
 def _ray_samples(
-    batch: pa.Table, *, uri: str, crop: int, flip: bool, seed: int | None, reseed: bool
+    batch: pa.Table, *, uri: str, crop: int, flip: bool, seed: int | None, reseed: bool, crops_per_pass: int = 1
 ) -> dict[str, np.ndarray]:
     """Ray `map_batches` body: decode, validate and augment a block of Parquet rows."""
     from ray.data import DataContext
@@ -270,12 +276,15 @@ def _ray_samples(
     # Ray Data counts executions of a dataset (one per epoch of iteration) and hands the counter
     # to its tasks; it is a private field, so a Ray without it falls back to repeating epoch 0.
     epoch = int(getattr(DataContext.get_current(), "_execution_idx", 0)) if reseed else 0
-    samples = []
+    stacks = []
     for row in batch.to_pylist():
         where = f"{uri} (shard {row.pop('path', '?')})"
-        stack = focalstack.row_to_stack(row, where=where)
-        rng = sample_rng(seed, epoch, stack.scene_id)
-        samples.append(make_sample(stack, crop, rng, flip=flip, where=uri))
+        stacks.append(focalstack.row_to_stack(row, where=where))
+    samples = [
+        make_sample(stack, crop, sample_rng(seed, epoch * crops_per_pass + repeat, stack.scene_id), flip=flip, where=uri)
+        for repeat in range(crops_per_pass)
+        for stack in stacks
+    ]
     if not samples:
         return {}
     return stack_samples(samples, where=uri)
@@ -292,6 +301,7 @@ def ray_dataset(
     map_num_cpus: float = 0.25,
     read_num_cpus: float = 0.25,
     map_batch_size: int = 8,
+    crops_per_pass: int = 1,
 ) -> ray.data.Dataset:
     """A Ray Dataset of training samples (module docstring) from the focal-stack prefix `uri`.
 
@@ -310,6 +320,7 @@ def ray_dataset(
         map_num_cpus=map_num_cpus,
         read_num_cpus=read_num_cpus,
         map_batch_size=map_batch_size,
+        crops_per_pass=crops_per_pass,
     )
     return _ray_dataset(uri, cfg)
 
@@ -347,6 +358,7 @@ def _ray_dataset(uri: str, cfg: StreamConfig) -> ray.data.Dataset:
             "flip": cfg.flip,
             "seed": cfg.seed,
             "reseed": cfg.reseed_each_epoch,
+            "crops_per_pass": cfg.crops_per_pass,
         },
     )
     # Without this Ray wraps a DatasetError from a row in a generic UserCodeException; with it the

@@ -45,6 +45,7 @@ class TrainConfig:
     steps: int = 200
     batch_size: int = 2  # stacks per worker per step
     crop: int = 48  # pixels, native resolution
+    crops_per_pass: int = 8  # random crops per stack per pass over the data (a pass restarts Ray Data: seconds)
     lr: float = 2e-3
     seed: int = 0
     report_every: int = 10  # steps between metric reports (reports block; DESIGN §5)
@@ -63,6 +64,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require_choice("supervision", self.supervision, ["self", "gt"])
         require(self.steps >= 1 and self.batch_size >= 1 and self.crop >= 8, "steps", "steps, batch_size >= 1, crop >= 8")
+        require(self.crops_per_pass >= 1, "crops_per_pass", f"must be >= 1, got {self.crops_per_pass}")
         require(self.report_every >= 1 and self.checkpoint_every >= 1, "report_every", "must be >= 1")
         require(self.num_workers >= 1 and self.worker_cpus > 0, "num_workers", "need >= 1 worker with CPUs > 0")
         if not self.renderer.splat_store and self.out != MISSING:
@@ -305,7 +307,7 @@ def run(cfg: TrainConfig) -> dict:
     try:
         if cfg.supervision == "self":
             pool = RendererPool(cfg.renderer)
-        dataset = streaming.ray_dataset(prefix, crop=cfg.crop, seed=cfg.seed)
+        dataset = streaming.ray_dataset(prefix, crop=cfg.crop, seed=cfg.seed, crops_per_pass=cfg.crops_per_pass)
         storage_path, storage_fs = _storage(cfg.out)
         trainer = TorchTrainer(
             train_loop_per_worker,

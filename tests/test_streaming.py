@@ -158,6 +158,8 @@ def test_stream_config_validation():
         load_config(StreamConfig, ["crop=-1"])
     with pytest.raises(ConfigError, match="map_num_cpus"):
         StreamConfig(map_num_cpus=0)
+    with pytest.raises(ConfigError, match="crops_per_pass"):
+        load_config(StreamConfig, ["crops_per_pass=0"])
 
 
 # --- plain PyTorch --------------------------------------------------------------------------
@@ -288,6 +290,23 @@ def test_ray_dataset_local(ray_session, tmp_path):
     # the same pipeline again (the next epoch) draws new crops.
     assert windows(ray_batches(ray_dataset(uri, crop=8, seed=5))) == windows(epoch0)
     assert windows(ray_batches(ds)) != windows(epoch0)
+
+
+@pytest.mark.ray
+def test_ray_dataset_draws_several_crops_per_stack_in_one_pass(ray_session, tmp_path):
+    uri = str(tmp_path / "ds")
+    ids = write_dataset(uri, n=4, shard_size=4)
+    batches = ray_batches(ray_dataset(uri, crop=8, seed=5, shuffle="none", crops_per_pass=3))
+    samples = [{k: v[i].numpy() for k, v in b.items()} for b in batches for i in range(len(b["images"]))]
+    for sample in samples:
+        check_positions(sample)  # every crop shows exactly its window of its stack
+    seen = [scene_ids(s["scene_id"])[0] for s in samples]
+    assert sorted(seen) == sorted(ids * 3)
+    assert len(set(seen[:4])) == 4  # interleaved: consecutive samples come from different stacks
+    boxes = {}
+    for sample, sid in zip(samples, seen):
+        boxes.setdefault(sid, set()).add(tuple(sample["crop_box"].tolist()) + tuple(sample["flipped"].tolist()))
+    assert all(len(v) == 3 for v in boxes.values())  # three distinct draws per stack
 
 
 @pytest.mark.ray
