@@ -57,6 +57,24 @@ def test_depth_stays_in_range_and_follows_the_thin_lens():
     assert float(coc.min()) >= 0 and float(depth.min()) >= cfg.min_depth and float(depth.max()) <= cfg.max_depth
 
 
+def test_depthnet_refines_a_given_prior_and_ignores_a_dropped_one():
+    torch.manual_seed(0)
+    model = DFDModel(ModelConfig())
+    image = torch.rand(2, 3, 16, 16)
+    lens = (torch.tensor([0.3, 0.7]), torch.full((2,), 2.9e-3), torch.ones(2), torch.full((2,), 12e-6))
+    prior = torch.full((2, 16, 16), 0.5)
+    _, alone = model(image, *lens)
+    # Zero confidence (prior dropout) is no prior at all: the single-image path, bit for bit.
+    _, dropped = model(image, *lens, prior, torch.zeros(2, 16, 16))
+    assert torch.equal(alone, dropped)
+    # An untrained gate starts near the prior (an 0.88 share of the inverse depth).
+    _, refined = model(image, *lens, prior, torch.full((2, 16, 16), 0.4))
+    assert float(torch.log(refined / prior).abs().mean()) < 0.2 * float(torch.log(alone / prior).abs().mean())
+    # The gate is learnable: its gradient reaches the DepthNet head.
+    refined.mean().backward()
+    assert model.depthnet.net.head.weight.grad[2].abs().sum() > 0
+
+
 def test_training_state_round_trip_is_exact(tmp_path):
     model = DFDModel(ModelConfig())
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)

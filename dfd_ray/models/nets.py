@@ -9,7 +9,10 @@ DepthNet does not regress depth from scratch: the analytic inverse of the CoC gi
 depths, 1/s ± c/G (behind or in front of the focus plane). DepthNet predicts which side (a soft
 sign) and a small inverse-depth correction, and the result is kept inside the configured depth
 range. Metric scale therefore comes from the optics, which is what lets a model trained on one
-camera work on another.
+camera work on another. Given a stack's splat depth (stack inference), DepthNet refines it: a
+per-pixel gate it predicts blends the splat's inverse depth with the lens estimate, starting
+close to the splat (which beats single-image estimates from the first step); without a prior the
+gate is exactly 0 and the single-image path is unchanged.
 """
 
 from __future__ import annotations
@@ -117,7 +120,11 @@ class DepthNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         # coc (log1p), image (3), lens (2), prior inverse depth (normalised) and its confidence
-        self.net = UNet(8, 2, cfg.depth_widths)
+        # outputs: side (soft sign), inverse-depth correction, trust in the prior (gate logit)
+        self.net = UNet(8, 3, cfg.depth_widths)
+        with torch.no_grad():  # the gate starts uniform (sigmoid(2) ≈ 0.88), not at random per pixel
+            self.net.head.weight[2].zero_()
+            self.net.head.bias[2].zero_()
 
     def forward(self, coc: torch.Tensor, image: torch.Tensor, focus_distance: torch.Tensor, gain: torch.Tensor,
                 prior_depth: torch.Tensor | None = None, prior_conf: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,11 +138,16 @@ class DepthNet(nn.Module):
             prior_conf = prior_conf if prior_conf is not None else torch.ones_like(coc)
         x = torch.cat([torch.log1p(coc)[:, None], image * 2 - 1, lens_planes(focus_distance, gain, h, w),
                        (prior_u * prior_conf)[:, None], prior_conf[:, None]], dim=1)
-        side, correction = self.net(x).unbind(1)
+        side, correction, trust = self.net(x).unbind(1)
         s = focus_distance[:, None, None]
         g = gain[:, None, None]
         # Analytic inverse of the thin lens: u = 1/s + sign · c / G, the sign from the network.
         u = 1.0 / s + torch.tanh(side) * coc / g + self.cfg.correction * u_hi * torch.tanh(correction)
+        if prior_depth is not None:
+            # Where a prior is given (confidence > 0; prior dropout zeroes it), blend towards it. The
+            # +2 bias starts the gate at ~0.88: trust the fit until training says otherwise.
+            gate = torch.sigmoid(trust + 2.0) * (prior_conf > 0).to(u.dtype)
+            u = gate / prior_depth.clamp_min(1e-3) + (1 - gate) * u
         # Stay inside the range smoothly, so that gradients never vanish at a hard clamp.
         u = u_lo + (u_hi - u_lo) * torch.sigmoid(_logit_range(u, u_lo, u_hi))
         return 1.0 / u
