@@ -5,10 +5,11 @@ Smoke run (minutes on 2 CPU cores; shows the pipeline, not accuracy):
 
     .venv/bin/python jobs/bench_accuracy.py
 
-Long run (what the targets are meant for; hours on 2 CPU cores, see docs/benchmarks.md):
+Long run (what the targets are meant for; 110 min on 2 CPU cores, see docs/benchmarks.md; the
+self-supervised net starts to leave the prior only after ~2,000 steps):
 
-    .venv/bin/python jobs/bench_accuracy.py --train-scenes 64 --test-scenes 16 --size 64 --crop 48 \\
-        --steps 1500 --batch 4 --workers 1 --fit-steps 120 --eval-every 300 --out bench_accuracy_out
+    .venv/bin/python jobs/bench_accuracy.py --train-scenes 32 --test-scenes 8 --size 64 --crop 48 \\
+        --steps 3000 --batch 4 --workers 1 --fit-steps 60 --eval-every 1000 --out bench_accuracy_out
 
 On a Ray cluster: `ray job submit --runtime-env cluster/runtime_env.yaml -- python
 jobs/bench_accuracy.py ...` (same options; `--out` is a local folder of the driver).
