@@ -253,12 +253,12 @@ def test_s3_prefix_with_good_and_bad_photos(ray_session, s3_bucket, model_uri):
 
 def test_interrupted_run_resumes_without_rewriting(ray_session, model_uri, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
-    # Enough photos that the work still queued when Ctrl-C lands outlasts the driver's shutdown
-    # (with 14, a clean-clone run on an idle machine wrote all of them before it).
-    n = 40
+    # Photos of many tiles, so that the work still queued when Ctrl-C lands outlasts the driver's
+    # shutdown (with 160² photos a warm session's Ray wrote all of them before it).
+    n = 24
     for i in range(n):
         (src / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_texture(160, 160, i)).save(src / f"d{i % 2}/p{i:02d}.png")
+        Image.fromarray(_texture(320, 320, i)).save(src / f"d{i % 2}/p{i:02d}.png")
     camera = ["camera.focus_distance=0.5", "camera.focal_length=0.0029", "camera.f_number=1", "camera.pixel_size=1.2e-5"]
     args = ["infer", "--model", model_uri, "--input", str(src), "--out", str(out), "batch_size=1", "io_batch=1", "tile=48",
             "overlap=8", *camera]
