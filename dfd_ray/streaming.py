@@ -268,7 +268,7 @@ def _checked_shards(uri: str) -> list[tuple[str, int]]:
 # --- Ray Data -------------------------------------------------------------------------------
 
 def _ray_samples(
-    batch: pa.Table, *, uri: str, crop: int, flip: bool, seed: int | None, reseed: bool, crops_per_pass: int = 1
+    batch: pa.Table, *, uri: str, crop: int, flip: bool, seed: int | None, reseed: bool, crops_per_pass: int
 ) -> dict[str, np.ndarray]:
     """Ray `map_batches` body: decode, validate and augment a block of Parquet rows."""
     from ray.data import DataContext

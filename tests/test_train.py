@@ -151,13 +151,11 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, s
     import os
     import signal
 
+    import ray
     from ray.util.state import list_actors
 
     out = tmp_path / "run"
     killed = []
-
-    import ray
-
     address = ray.get_runtime_context().gcs_address  # this session's Ray, even when others run
 
     def train_workers():
