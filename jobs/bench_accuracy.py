@@ -11,6 +11,14 @@ self-supervised net starts to leave the prior only after ~2,000 steps):
     .venv/bin/python jobs/bench_accuracy.py --train-scenes 32 --test-scenes 8 --size 64 --crop 48 \\
         --steps 3000 --batch 4 --workers 1 --fit-steps 60 --eval-every 1000 --out bench_accuracy_out
 
+Training on (the accuracy was still improving at 3,000 steps): the same command with `--extend`
+and a larger `--steps` trains both runs in `--out` on from their last checkpoints, scoring the
+held-out stacks every `--eval-every` steps, and rewrites the table for the new budget; the data,
+fits and earlier held-out points are kept:
+
+    .venv/bin/python jobs/bench_accuracy.py --train-scenes 32 --test-scenes 8 --size 64 --crop 48 \\
+        --steps 6000 --batch 4 --workers 1 --fit-steps 60 --eval-every 1000 --out bench_accuracy_out --extend
+
 On a Ray cluster: `ray job submit --runtime-env cluster/runtime_env.yaml -- python
 jobs/bench_accuracy.py ...` (same options; `--out` is a local folder of the driver).
 
@@ -37,7 +45,9 @@ for the three targets, the learning curves (text and `learning_curves.png`), and
 runs (checkpoints, model/, state.json) and their eval folders. Learning curves come from the
 training history (every report); `--eval-every N` also scores held-out AbsRel every N steps by
 training in N-step segments that resume from the previous segment's checkpoint (each segment
-draws new crops: seed + segment index), at the cost of one trainer start-up per segment.
+draws new crops: seed + segment index), at the cost of one trainer start-up per segment. The
+"train wall" figures are in-loop training seconds summed over segments (from the training
+history: trainer start-ups and evaluations are not in them).
 
 Targets (issue 5): fused-stack AbsRel below the classical baseline's; self-supervised
 single-slice AbsRel at most 0.7x the best constant's and at most 1.3x the supervised one's.
@@ -98,28 +108,35 @@ def run_eval(model: str, data: str, out: str, splats: str, max_depth: float | No
         return json.load(f)
 
 
-def train_and_eval(args, root: str, supervision: str, report_every: int) -> dict:
-    """Train one supervision mode (in segments when --eval-every), evaluate it; figures + history."""
+def train_and_eval(args, root: str, supervision: str, report_every: int, prior: dict | None = None) -> dict:
+    """Train one supervision mode (in segments when --eval-every), evaluate it; figures + history.
+
+    `prior` is this mode's record from a finished run in `root` (--extend): training goes on from
+    the step its checkpoints reached, and its held-out points are kept.
+    """
     out = f"{root}/{supervision}"
     splats = f"{root}/fit/splats"
     eval_splats = splats if supervision == "self" else ""  # see the module docstring
+    start = trained_step(out) if prior else 0
+    heldout = list(prior["heldout"]) if prior else []
     if args.eval_every:
-        targets = list(range(args.eval_every, args.steps, args.eval_every)) + [args.steps]
+        targets = list(range(start + args.eval_every, args.steps, args.eval_every)) + [args.steps]
     else:
         targets = [args.steps]
-    train_wall = eval_wall = 0.0
-    heldout = []
+    if heldout and heldout[-1]["step"] < start:  # trained on outside this script (`dfd-ray train`): score it
+        targets = [start] + targets
+    segments_before = len(segments(read_history(out))) if prior else 0
+    base = [f"data={root}/data", f"out={out}", f"splats={splats}", f"supervision={supervision}",
+            f"batch_size={args.batch}", f"crop={args.crop}", f"num_workers={args.workers}",
+            f"report_every={report_every}"]
+    eval_wall = 0.0
     for k, target in enumerate(targets):
-        segment = target - (targets[k - 1] if k else 0)
-        cfg = load_config(train.TrainConfig, [
-            f"data={root}/data", f"out={out}", f"splats={splats}", f"supervision={supervision}",
-            f"steps={target}", f"batch_size={args.batch}", f"crop={args.crop}", f"num_workers={args.workers}",
-            f"report_every={report_every}", f"checkpoint_every={min(segment, 250)}", f"seed={args.seed + k}",
-            *args.train_set,
-        ])
-        t0 = time.perf_counter()
-        train.run(cfg)
-        train_wall += time.perf_counter() - t0
+        segment = target - (targets[k - 1] if k else start)
+        if segment > 0:
+            train.run(load_config(train.TrainConfig, [
+                *base, f"steps={target}", f"checkpoint_every={min(segment, 250)}",
+                f"seed={args.seed + segments_before + k}",  # each segment draws new crops
+                *args.train_set]))
         if args.eval_every or k == len(targets) - 1:
             t0 = time.perf_counter()
             folder = f"{root}/eval_{supervision}" + (f"/step_{target}" if args.eval_every else "")
@@ -129,17 +146,39 @@ def train_and_eval(args, root: str, supervision: str, report_every: int) -> dict
                             "fused_abs_rel": report["fused"]["overall"]["abs_rel"]})
             print(f"  {supervision} step {target}: held-out AbsRel single {heldout[-1]['single_abs_rel']:.4f}, "
                   f"fused {heldout[-1]['fused_abs_rel']:.4f}", flush=True)
-    with open(f"{out}/state.json") as f:
-        history = json.load(f)["history"]
+    history = read_history(out)
+    cfg = load_config(train.TrainConfig, [*base, *args.train_set])
     weights = cfg.loss.__dict__
     for h in history:  # the objective each run minimised, per report
         h["total"] = (h["supervised"] if supervision == "gt"
                       else sum(weights[t] * h[t] for t in SELF_TERMS if t in h))
+    train_wall = sum(segments(history).values())
     return {"report": report, "history": history, "heldout": heldout, "train_wall_s": train_wall,
-            "eval_wall_s": eval_wall, "s_per_step": seconds_per_step(history, train_wall, args.steps),
+            "eval_wall_s": eval_wall + (prior["eval_wall_s"] if prior else 0.0),
+            "s_per_step": seconds_per_step(history, train_wall, args.steps),
             "config": {"steps": args.steps, "batch": args.batch, "workers": args.workers, "crop": args.crop,
                        "lr": cfg.lr, "loss": weights if supervision == "self" else "log-L1 on GT depth",
-                       "segments": len(targets)}}
+                       "segments": len(segments(history))}}
+
+
+def read_history(out: str) -> list[dict]:
+    with open(f"{out}/state.json") as f:
+        return json.load(f)["history"]
+
+
+def trained_step(out: str) -> int:
+    """The step of the run's latest checkpoint (what `dfd-ray train` resumes from)."""
+    with open(f"{out}/state.json") as f:
+        return int(json.load(f)["step"])
+
+
+def segments(history: list[dict]) -> dict[int, float]:
+    """In-loop training seconds per segment (a trainer start, keyed by the step it resumed from);
+    trainer start-up and evaluation are not in them."""
+    out: dict[int, float] = {}
+    for h in history:
+        out[h["resumed_from"]] = max(out.get(h["resumed_from"], 0.0), h["seconds"])
+    return out
 
 
 def seconds_per_step(history: list[dict], wall: float, steps: int) -> float:
@@ -297,9 +336,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra TrainConfig override for both runs (repeatable), e.g. renderer.num_actors=2")
     p.add_argument("--out", default="", help="local folder for everything (must be new or empty; default: a new temp dir)")
+    p.add_argument("--extend", action="store_true",
+                   help="train the finished run in --out on to a larger --steps (same other options), keeping its "
+                        "data, fits and held-out points")
     args = p.parse_args(argv)
     if args.train_scenes < args.batch * args.workers:
         p.error(f"--train-scenes {args.train_scenes} < batch × workers = {args.batch * args.workers}")
+    if args.extend and not args.out:
+        p.error("--extend needs --out: the folder of the run to extend")
     if args.test_scenes < 1 or args.steps < 1 or args.fit_steps < 1:
         p.error("--test-scenes, --steps and --fit-steps must be >= 1")
     if not 0 <= args.eval_every <= args.steps:
@@ -309,11 +353,55 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def make_data_and_fits(args, root: str, timings: dict) -> None:
+    t0 = time.perf_counter()
+    synth.run(load_config(synth.SynthConfig, [
+        f"out={root}/data", f"preset={PRESET}", f"n_scenes={args.train_scenes}", f"n_test={args.test_scenes}",
+        f"height={args.size}", f"width={args.size}", f"seed={args.seed}"]))
+    timings["synth_s"] = time.perf_counter() - t0
+    print(f"[1/5] data: {timings['synth_s']:.1f} s", flush=True)
+
+    t0 = time.perf_counter()
+    fit_overrides = [f"data={root}/data", f"out={root}/fit", f"fit.steps={args.fit_steps}",
+                     f"fit.warmup_steps={min(30, args.fit_steps // 3)}", "ray_cpus=4"]
+    if args.max_depth is not None:
+        fit_overrides.append(f"eval_max_depth={args.max_depth}")
+    fit_brief = fit_job.run(load_config(fit_job.FitJobConfig, fit_overrides))
+    timings["fit_s"] = time.perf_counter() - t0
+    if fit_brief["failed"]:
+        sys.exit(f"{fit_brief['failed']} scene fit(s) failed: see {root}/fit/fit_metrics.json")
+    print(f"[2/5] splat fits, {fit_brief['scenes']} scenes: {timings['fit_s']:.1f} s", flush=True)
+
+
+# options that define the data, the fits and the training budget per step: --extend must repeat them
+EXTEND_SAME = ("train_scenes", "test_scenes", "size", "crop", "batch", "workers", "fit_steps", "max_depth", "seed")
+
+
+def previous_run(root: str, args) -> dict:
+    """The finished run in `root` that --extend trains on, checked against this command's options."""
+    path = f"{root}/bench_accuracy.json"
+    if not os.path.isfile(path):
+        sys.exit(f"--extend: {path} not found: --out must hold a finished bench_accuracy run")
+    with open(path) as f:
+        prev = json.load(f)
+    diff = [f"--{k.replace('_', '-')} {prev['args'][k]} (given {getattr(args, k)})"
+            for k in EXTEND_SAME if prev["args"][k] != getattr(args, k)]
+    if diff:
+        sys.exit("--extend must repeat the previous run's options; it ran with " + ", ".join(diff))
+    for mode in ("self", "gt"):
+        step = trained_step(f"{root}/{mode}")
+        if step >= args.steps:
+            sys.exit(f"--extend: the {mode} run in {root} is at step {step}; --steps {args.steps} must be larger")
+    return prev
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     root = os.path.abspath(args.out) if args.out else tempfile.mkdtemp(prefix="dfd-bench-accuracy-")
-    if os.path.isdir(root) and os.listdir(root):
-        sys.exit(f"--out {root} is not empty: a second run there would resume the first one's training")
+    prev = previous_run(root, args) if args.extend else None
+    if prev is None and os.path.isdir(root) and os.listdir(root):
+        sys.exit(f"--out {root} is not empty: a second run there would resume the first one's training "
+                 "(--extend trains a finished run on to a larger --steps)")
     os.makedirs(root, exist_ok=True)
     report_every = args.report_every or max(1, args.steps // 20)
     if args.eval_every and args.eval_every % report_every:
@@ -327,23 +415,12 @@ def main(argv=None) -> None:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        t0 = time.perf_counter()
-        synth.run(load_config(synth.SynthConfig, [
-            f"out={root}/data", f"preset={PRESET}", f"n_scenes={args.train_scenes}", f"n_test={args.test_scenes}",
-            f"height={args.size}", f"width={args.size}", f"seed={args.seed}"]))
-        timings["synth_s"] = time.perf_counter() - t0
-        print(f"[1/5] data: {timings['synth_s']:.1f} s", flush=True)
-
-        t0 = time.perf_counter()
-        fit_overrides = [f"data={root}/data", f"out={root}/fit", f"fit.steps={args.fit_steps}",
-                         f"fit.warmup_steps={min(30, args.fit_steps // 3)}", "ray_cpus=4"]
-        if args.max_depth is not None:
-            fit_overrides.append(f"eval_max_depth={args.max_depth}")
-        fit_brief = fit_job.run(load_config(fit_job.FitJobConfig, fit_overrides))
-        timings["fit_s"] = time.perf_counter() - t0
-        if fit_brief["failed"]:
-            sys.exit(f"{fit_brief['failed']} scene fit(s) failed: see {root}/fit/fit_metrics.json")
-        print(f"[2/5] splat fits, {fit_brief['scenes']} scenes: {timings['fit_s']:.1f} s", flush=True)
+        if prev is None:
+            make_data_and_fits(args, root, timings)
+        else:
+            timings.update({k: prev["timings_s"][k] for k in ("synth_s", "fit_s")})
+            print(f"[1-2/5] --extend: the data and splat fits of the run in {root} (trained to step "
+                  f"{prev['args']['steps']})", flush=True)
 
         const_value, const_pixels = best_constant(gt_depths(f"{root}/data/train"), args.max_depth)
         test_gt = gt_depths(f"{root}/data/test")
@@ -354,7 +431,7 @@ def main(argv=None) -> None:
 
         runs = {}
         for i, mode in enumerate(("self", "gt")):
-            runs[mode] = train_and_eval(args, root, mode, report_every)
+            runs[mode] = train_and_eval(args, root, mode, report_every, prev["runs"][mode] if prev else None)
             print(f"[{4 + i}/5] {mode}: trained {args.steps} steps in {runs[mode]['train_wall_s']:.1f} s "
                   f"({runs[mode]['s_per_step']:.2f} s/step steady), evaluated in {runs[mode]['eval_wall_s']:.1f} s",
                   flush=True)
@@ -365,7 +442,7 @@ def main(argv=None) -> None:
             import ray
 
             ray.shutdown()
-    timings["total_s"] = time.perf_counter() - start
+    timings["total_s"] = time.perf_counter() - start + (prev["timings_s"]["total_s"] if prev else 0.0)
 
     with open(f"{root}/fit/fit_metrics.json") as f:
         fit = json.load(f)
@@ -377,18 +454,20 @@ def main(argv=None) -> None:
     curves = curves_text(runs)
     plot(runs, const["test"]["abs_rel"], runs["self"]["report"]["dff"]["overall"]["abs_rel"],
          f"{root}/learning_curves.png")
+    extended_from = prev.get("extended_from_steps", []) + [prev["args"]["steps"]] if prev else []
     budget = (f"Budget: both modes {args.steps} steps × batch {args.batch} × {args.workers} worker(s) = "
               f"{args.steps * args.batch * args.workers} stacks of {args.crop}² crops each; splat fits {args.fit_steps} "
-              f"steps per scene, {fit_brief['scenes']} scenes in {timings['fit_s']:.0f} s; steady s/step: self "
+              f"steps per scene, {fit['scenes']} scenes in {timings['fit_s']:.0f} s; steady s/step: self "
               f"{runs['self']['s_per_step']:.2f}, gt {runs['gt']['s_per_step']:.2f}; total wall "
-              f"{timings['total_s']:.0f} s.")
+              f"{timings['total_s']:.0f} s" + (f" (trained on with --extend from step(s) "
+                                                f"{', '.join(map(str, extended_from))})." if prev else "."))
     text = (f"## Accuracy ({PRESET} synthetic, {args.size}²)\n\n{md}\n{budget}\n\n" + "\n".join(check_lines)
             + f"\n\n## Learning curves (training reports)\n\n{curves}\n")
     with open(f"{root}/bench_accuracy.md", "w") as f:
         f.write(text)
     with open(f"{root}/bench_accuracy.json", "w") as f:
         json.dump(_clean({
-            "args": vars(args), "out": root, "mask": mask, "test_stacks": len(test_gt),
+            "args": vars(args), "extended_from_steps": extended_from, "out": root, "mask": mask, "test_stacks": len(test_gt),
             "best_constant": const, "rows": [{k: r[k] for k in ("key", "method", "metrics", "budget", "wall", "fit")}
                                              for r in rows],
             "targets": checks, "timings_s": timings, "fit": {k: fit[k] for k in ("scenes", "seconds", "fit")},
