@@ -123,7 +123,7 @@ def train_and_eval(args, root: str, supervision: str, report_every: int, prior: 
         targets = list(range(start + args.eval_every, args.steps, args.eval_every)) + [args.steps]
     else:
         targets = [args.steps]
-    if heldout and heldout[-1]["step"] < start:  # trained on outside this script (`dfd-ray train`): score it
+    if heldout and heldout[-1]["step"] < start < args.steps:  # trained on by hand (`dfd-ray train`): score it
         targets = [start] + targets
     segments_before = len(segments(read_history(out))) if prior else 0
     base = [f"data={root}/data", f"out={out}", f"splats={splats}", f"supervision={supervision}",
@@ -388,10 +388,11 @@ def previous_run(root: str, args) -> dict:
             for k in EXTEND_SAME if prev["args"][k] != getattr(args, k)]
     if diff:
         sys.exit("--extend must repeat the previous run's options; it ran with " + ", ".join(diff))
-    for mode in ("self", "gt"):
-        step = trained_step(f"{root}/{mode}")
-        if step >= args.steps:
-            sys.exit(f"--extend: the {mode} run in {root} is at step {step}; --steps {args.steps} must be larger")
+    steps = {mode: trained_step(f"{root}/{mode}") for mode in ("self", "gt")}
+    beyond = [f"the {mode} run is at step {step}" for mode, step in steps.items() if step > args.steps]
+    if beyond or max(steps.values()) == prev["args"]["steps"] == args.steps:
+        sys.exit(f"--extend: {'; '.join(beyond) or 'both runs are at --steps already'} in {root}; "
+                 f"--steps {args.steps} must be larger")
     return prev
 
 

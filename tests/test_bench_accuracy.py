@@ -52,9 +52,13 @@ def test_extend_refuses_what_it_cannot_train_on(tmp_path, capsys):
     with pytest.raises(SystemExit, match="bench_accuracy.json not found"):
         bench.previous_run(str(tmp_path), args)
 
-    _finished_run(tmp_path, bench.parse_args(base), {"self": 100, "gt": 60})
-    with pytest.raises(SystemExit, match=r"the self run .* is at step 100; --steps 100 must be larger"):
+    _finished_run(tmp_path, bench.parse_args(base), {"self": 100, "gt": 100})
+    with pytest.raises(SystemExit, match=r"both runs are at --steps already .*; --steps 100 must be larger"):
         bench.previous_run(str(tmp_path), args)
+    (tmp_path / "gt" / "state.json").write_text(json.dumps({"step": 300, "history": []}))  # trained on by hand
+    with pytest.raises(SystemExit, match=r"the gt run is at step 300 in .*; --steps 200 must be larger"):
+        bench.previous_run(str(tmp_path), bench.parse_args(base + ["--extend", "--steps", "200"]))
+    (tmp_path / "gt" / "state.json").write_text(json.dumps({"step": 200, "history": []}))
     with pytest.raises(SystemExit, match=r"--crop 48 \(given 32\), --batch 2 \(given 4\)"):
         bench.previous_run(str(tmp_path), bench.parse_args(base + ["--extend", "--steps", "200", "--crop", "32",
                                                                      "--batch", "4"]))
