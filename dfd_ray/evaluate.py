@@ -2,7 +2,8 @@
 
 Modes, on full images (the networks are fully convolutional):
     single  depth from each slice on its own (no splat, no stack), reported overall and per
-            focus distance;
+            focus distance, with the error of the slice's defocus map against the GT CoC (the
+            GT depth through the thin lens): how well SDNet reads blur;
     fused   one depth per stack: the geometric mean of its single-slice predictions, each made
             with the scene fit's depth as DepthNet's prior input where splats are available
             (`splats=` a store, or `fit_at_test=true`).
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from dfd_ray import focalstack, storage
+from dfd_ray import focalstack, optics, storage
 from dfd_ray.config import ConfigError, require, save_config
 from dfd_ray.depth_from_focus import depth_from_focus
-from dfd_ray.metrics import METRIC_KEYS, depth_metrics, mean_metrics
+from dfd_ray.metrics import METRIC_KEYS, coc_metrics, depth_metrics, mean_metrics
 from dfd_ray.models.store import load_model
 from dfd_ray.splat.fit import FitConfig, fit_scene
 from dfd_ray.splat.scene import load_splats, splat_uri
@@ -78,6 +79,13 @@ def _splat_prior(cfg: EvalConfig, stack: focalstack.FocalStack) -> tuple[np.ndar
     return None
 
 
+def _mean_coc(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of per-image `coc_metrics`, skipping images without valid pixels."""
+    rows = [r for r in rows if not np.isnan(r["coc_mae_px"])]
+    return {k: float(np.mean([r[k] for r in rows])) if rows else float("nan")
+            for k in ("coc_mae_px", "gt_coc_mean_px")} | {"images": len(rows)}
+
+
 def _table(report: dict) -> str:
     keys = list(METRIC_KEYS)
     lines = ["| method | images | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
@@ -92,7 +100,11 @@ def _table(report: dict) -> str:
     row("fused (whole stack)", report["fused"]["overall"])
     row("depth from focus (classical)", report["dff"]["overall"])
     row("splat fit", report["splat"]["overall"])
-    return "\n".join(lines) + f"\n\nMask: {report['mask']}. Per image, then averaged.\n"
+    lines += ["", "| single-slice defocus map | images | CoC MAE [px] | mean GT CoC [px] |", "|---|---|---|---|"]
+    coc = report["single"]["coc_px"]
+    for name, m in [("all slices", coc["overall"])] + [(f"s = {s} m", m) for s, m in coc["per_focus_distance"].items()]:
+        lines.append(f"| {name} | {m['images']} | {m['coc_mae_px']:.3f} | {m['gt_coc_mean_px']:.3f} |")
+    return "\n".join(lines) + f"\n\nMask: {report['mask']}. Per image, then averaged. GT CoC: GT depth through the thin lens.\n"
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -102,18 +114,21 @@ def run(cfg: EvalConfig) -> dict:
     except (FileNotFoundError, focalstack.DatasetError) as exc:
         raise ConfigError(str(exc)) from None
     save_config(cfg, cfg.out)
-    single, per_s, fused, dff, splat = [], {}, [], [], []
+    single, per_s, coc_per_s, fused, dff, splat = [], {}, {}, [], [], []
     for index, stack in enumerate(focalstack.read_stacks(prefix)):
         if cfg.max_stacks and index >= cfg.max_stacks:
             break
         if stack.depth is None:
             continue
         gt = stack.depth
-        _, depths = predict_slices(model, stack, device=cfg.device)
-        for s, d in zip(stack.focus_distances, depths):
+        cocs, depths = predict_slices(model, stack, device=cfg.device)
+        for s, c, d in zip(stack.focus_distances, cocs, depths):
+            key = f"{float(s):g}"
             m = depth_metrics(d, gt, cfg.max_depth)
             single.append(m)
-            per_s.setdefault(f"{float(s):g}", []).append(m)
+            per_s.setdefault(key, []).append(m)
+            gt_coc = optics.coc_px(gt, float(s), stack.focal_length, stack.f_number, stack.pixel_size)
+            coc_per_s.setdefault(key, []).append(coc_metrics(c, gt_coc, gt, cfg.max_depth))
         prior = _splat_prior(cfg, stack)
         if prior is not None:
             _, depths = predict_slices(model, stack, prior, cfg.device)
@@ -128,7 +143,9 @@ def run(cfg: EvalConfig) -> dict:
         "supervision": meta.get("supervision"),
         "data": prefix,
         "mask": "gt > 0" + (f" and gt <= {cfg.max_depth} m" if cfg.max_depth else ""),
-        "single": {"overall": mean_metrics(single), "per_focus_distance": {s: mean_metrics(v) for s, v in per_s.items()}},
+        "single": {"overall": mean_metrics(single), "per_focus_distance": {s: mean_metrics(v) for s, v in per_s.items()},
+                   "coc_px": {"overall": _mean_coc(sum(coc_per_s.values(), [])),
+                              "per_focus_distance": {s: _mean_coc(v) for s, v in coc_per_s.items()}}},
         "fused": {"overall": mean_metrics(fused), "uses_splats": bool(splat)},
         "dff": {"overall": mean_metrics(dff)},
         "splat": {"overall": mean_metrics(splat) if splat else {}},

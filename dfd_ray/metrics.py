@@ -44,6 +44,23 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, max_depth: float | None = No
     }
 
 
+def coc_metrics(pred_coc_px: np.ndarray, gt_coc_px: np.ndarray, gt_depth: np.ndarray,
+                max_depth: float | None = None) -> dict[str, float]:
+    """Defocus-map error of one slice over the valid GT-depth pixels: mean |pred - GT| CoC and the
+    mean GT CoC beside it for scale (pixels); NaN for both when no pixel is valid.
+
+    The GT CoC comes from the GT depth through the thin lens (`optics.coc_px`). It separates the
+    two halves of single-image depth: how well SDNet reads blur, and what DepthNet makes of it.
+    """
+    if pred_coc_px.shape != gt_depth.shape or gt_coc_px.shape != gt_depth.shape:
+        raise ValueError(f"CoC maps {pred_coc_px.shape}, {gt_coc_px.shape} and GT depth {gt_depth.shape} differ in shape")
+    mask = valid_mask(gt_depth, max_depth)
+    if not mask.any():
+        return {"coc_mae_px": float("nan"), "gt_coc_mean_px": float("nan")}
+    g = gt_coc_px[mask].astype(np.float64)
+    return {"coc_mae_px": float(np.mean(np.abs(pred_coc_px[mask] - g))), "gt_coc_mean_px": float(np.mean(g))}
+
+
 def mean_metrics(per_image: Iterable[dict[str, float]]) -> dict[str, float]:
     """Average per-image metrics, skipping images without valid pixels (NaN)."""
     rows = [m for m in per_image if not np.isnan(m["abs_rel"])]

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from dfd_ray.metrics import METRIC_KEYS, depth_metrics, mean_metrics
+from dfd_ray.metrics import METRIC_KEYS, coc_metrics, depth_metrics, mean_metrics
 
 
 def test_hand_computed_values():
@@ -31,3 +31,16 @@ def test_clip_and_empty_and_average():
     assert avg["abs_rel"] == pytest.approx(0.5) and avg["images"] == 2
     with pytest.raises(ValueError, match="differ in shape"):
         depth_metrics(np.ones(2), np.ones(3))
+
+
+def test_coc_error_over_valid_depth_pixels():
+    gt_depth = np.array([[0.5, 0.0], [2.0, 4.0]])  # 0 is invalid; 4 m is clipped below
+    gt_coc = np.array([[1.0, 7.0], [3.0, 5.0]])
+    pred = np.array([[1.5, 0.0], [2.0, 5.0]])
+    m = coc_metrics(pred, gt_coc, gt_depth)
+    assert m == pytest.approx({"coc_mae_px": (0.5 + 1.0 + 0.0) / 3, "gt_coc_mean_px": (1.0 + 3.0 + 5.0) / 3})
+    assert coc_metrics(pred, gt_coc, gt_depth, max_depth=2.0) == pytest.approx(
+        {"coc_mae_px": 0.75, "gt_coc_mean_px": 2.0})
+    assert all(math.isnan(v) for v in coc_metrics(pred, gt_coc, np.zeros((2, 2))).values())
+    with pytest.raises(ValueError, match="differ in shape"):
+        coc_metrics(pred, gt_coc, np.ones(3))

@@ -133,6 +133,10 @@ def test_ddp_steps_lower_every_loss_term_then_eval(ray_session, data, splats, tm
     for per_s in report["single"]["per_focus_distance"].values():
         assert keys <= set(per_s)
     assert keys <= set(report["dff"]["overall"]) and keys <= set(report["splat"]["overall"])
+    coc = report["single"]["coc_px"]
+    assert set(coc["per_focus_distance"]) == set(report["single"]["per_focus_distance"])
+    for m in [coc["overall"], *coc["per_focus_distance"].values()]:
+        assert m["coc_mae_px"] >= 0 and m["gt_coc_mean_px"] > 0 and m["images"] > 0
     assert report["fused"]["uses_splats"] and "| fused (whole stack) |" in (metrics_dir / "metrics.md").read_text()
 
 
