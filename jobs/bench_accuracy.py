@@ -17,7 +17,7 @@ held-out stacks every `--eval-every` steps, and rewrites the table for the new b
 fits and earlier held-out points are kept:
 
     .venv/bin/python jobs/bench_accuracy.py --train-scenes 32 --test-scenes 8 --size 64 --crop 48 \\
-        --steps 6000 --batch 4 --workers 1 --fit-steps 60 --eval-every 1000 --out bench_accuracy_out --extend
+        --steps 7000 --batch 4 --workers 1 --fit-steps 60 --eval-every 1000 --out bench_accuracy_out --extend
 
 On a Ray cluster: `ray job submit --runtime-env cluster/runtime_env.yaml -- python
 jobs/bench_accuracy.py ...` (same options; `--out` is a local folder of the driver).
