@@ -23,7 +23,7 @@ from omegaconf import MISSING
 from dfd_ray import focalstack, optics, storage
 from dfd_ray.config import ConfigError, require, save_config
 from dfd_ray.depth_from_focus import depth_from_focus
-from dfd_ray.metrics import METRIC_KEYS, coc_metrics, depth_metrics, mean_metrics
+from dfd_ray.metrics import COC_KEYS, METRIC_KEYS, coc_metrics, depth_metrics, mean_metrics
 from dfd_ray.models.store import load_model
 from dfd_ray.splat.fit import FitConfig, fit_scene
 from dfd_ray.splat.scene import load_splats, splat_uri
@@ -77,13 +77,6 @@ def _splat_prior(cfg: EvalConfig, stack: focalstack.FocalStack) -> tuple[np.ndar
         result = fit_scene(stack, cfg.fit)
         return result.depth, result.confidence
     return None
-
-
-def _mean_coc(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of per-image `coc_metrics`, skipping images without valid pixels."""
-    rows = [r for r in rows if not np.isnan(r["coc_mae_px"])]
-    return {k: float(np.mean([r[k] for r in rows])) if rows else float("nan")
-            for k in ("coc_mae_px", "gt_coc_mean_px")} | {"images": len(rows)}
 
 
 def _table(report: dict) -> str:
@@ -144,8 +137,8 @@ def run(cfg: EvalConfig) -> dict:
         "data": prefix,
         "mask": "gt > 0" + (f" and gt <= {cfg.max_depth} m" if cfg.max_depth else ""),
         "single": {"overall": mean_metrics(single), "per_focus_distance": {s: mean_metrics(v) for s, v in per_s.items()},
-                   "coc_px": {"overall": _mean_coc(sum(coc_per_s.values(), [])),
-                              "per_focus_distance": {s: _mean_coc(v) for s, v in coc_per_s.items()}}},
+                   "coc_px": {"overall": mean_metrics(sum(coc_per_s.values(), []), COC_KEYS),
+                              "per_focus_distance": {s: mean_metrics(v, COC_KEYS) for s, v in coc_per_s.items()}}},
         "fused": {"overall": mean_metrics(fused), "uses_splats": bool(splat)},
         "dff": {"overall": mean_metrics(dff)},
         "splat": {"overall": mean_metrics(splat) if splat else {}},

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "mae", "mse", "delta1", "delta2", "delta3")
+COC_KEYS = ("coc_mae_px", "gt_coc_mean_px")
 
 
 def valid_mask(gt: np.ndarray, max_depth: float | None = None) -> np.ndarray:
@@ -56,14 +57,15 @@ def coc_metrics(pred_coc_px: np.ndarray, gt_coc_px: np.ndarray, gt_depth: np.nda
         raise ValueError(f"CoC maps {pred_coc_px.shape}, {gt_coc_px.shape} and GT depth {gt_depth.shape} differ in shape")
     mask = valid_mask(gt_depth, max_depth)
     if not mask.any():
-        return {"coc_mae_px": float("nan"), "gt_coc_mean_px": float("nan")}
+        return {k: float("nan") for k in COC_KEYS}
     g = gt_coc_px[mask].astype(np.float64)
     return {"coc_mae_px": float(np.mean(np.abs(pred_coc_px[mask] - g))), "gt_coc_mean_px": float(np.mean(g))}
 
 
-def mean_metrics(per_image: Iterable[dict[str, float]]) -> dict[str, float]:
-    """Average per-image metrics, skipping images without valid pixels (NaN)."""
-    rows = [m for m in per_image if not np.isnan(m["abs_rel"])]
+def mean_metrics(per_image: Iterable[dict[str, float]], keys: tuple[str, ...] = METRIC_KEYS) -> dict[str, float]:
+    """Average per-image metrics (`depth_metrics`, or `coc_metrics` with keys=COC_KEYS), skipping
+    images without valid pixels (NaN)."""
+    rows = [m for m in per_image if not np.isnan(m[keys[0]])]
     if not rows:
-        return {k: float("nan") for k in METRIC_KEYS} | {"images": 0}
-    return {k: float(np.mean([m[k] for m in rows])) for k in METRIC_KEYS} | {"images": len(rows)}
+        return {k: float("nan") for k in keys} | {"images": 0}
+    return {k: float(np.mean([m[k] for m in rows])) for k in keys} | {"images": len(rows)}

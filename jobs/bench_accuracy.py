@@ -117,7 +117,7 @@ def train_and_eval(args, root: str, supervision: str, report_every: int, prior: 
     out = f"{root}/{supervision}"
     splats = f"{root}/fit/splats"
     eval_splats = splats if supervision == "self" else ""  # see the module docstring
-    start = trained_step(out) if prior else 0
+    start = int(read_state(out)["step"]) if prior else 0
     heldout = list(prior["heldout"]) if prior else []
     if args.eval_every:
         targets = list(range(start + args.eval_every, args.steps, args.eval_every)) + [args.steps]
@@ -125,7 +125,7 @@ def train_and_eval(args, root: str, supervision: str, report_every: int, prior: 
         targets = [args.steps]
     if heldout and heldout[-1]["step"] < start < args.steps:  # trained on by hand (`dfd-ray train`): score it
         targets = [start] + targets
-    segments_before = len(segments(read_history(out))) if prior else 0
+    segments_before = len(segments(read_state(out)["history"])) if prior else 0
     base = [f"data={root}/data", f"out={out}", f"splats={splats}", f"supervision={supervision}",
             f"batch_size={args.batch}", f"crop={args.crop}", f"num_workers={args.workers}",
             f"report_every={report_every}"]
@@ -146,7 +146,7 @@ def train_and_eval(args, root: str, supervision: str, report_every: int, prior: 
                             "fused_abs_rel": report["fused"]["overall"]["abs_rel"]})
             print(f"  {supervision} step {target}: held-out AbsRel single {heldout[-1]['single_abs_rel']:.4f}, "
                   f"fused {heldout[-1]['fused_abs_rel']:.4f}", flush=True)
-    history = read_history(out)
+    history = read_state(out)["history"]
     cfg = load_config(train.TrainConfig, [*base, *args.train_set])
     weights = cfg.loss.__dict__
     for h in history:  # the objective each run minimised, per report
@@ -161,15 +161,11 @@ def train_and_eval(args, root: str, supervision: str, report_every: int, prior: 
                        "segments": len(segments(history))}}
 
 
-def read_history(out: str) -> list[dict]:
+def read_state(out: str) -> dict:
+    """A run's state.json: `step` (its latest checkpoint, what `dfd-ray train` resumes from) and
+    `history` (every report)."""
     with open(f"{out}/state.json") as f:
-        return json.load(f)["history"]
-
-
-def trained_step(out: str) -> int:
-    """The step of the run's latest checkpoint (what `dfd-ray train` resumes from)."""
-    with open(f"{out}/state.json") as f:
-        return int(json.load(f)["step"])
+        return json.load(f)
 
 
 def segments(history: list[dict]) -> dict[int, float]:
@@ -388,7 +384,7 @@ def previous_run(root: str, args) -> dict:
             for k in EXTEND_SAME if prev["args"][k] != getattr(args, k)]
     if diff:
         sys.exit("--extend must repeat the previous run's options; it ran with " + ", ".join(diff))
-    steps = {mode: trained_step(f"{root}/{mode}") for mode in ("self", "gt")}
+    steps = {mode: int(read_state(f"{root}/{mode}")["step"]) for mode in ("self", "gt")}
     beyond = [f"the {mode} run is at step {step}" for mode, step in steps.items() if step > args.steps]
     if beyond or max(steps.values()) == prev["args"]["steps"] == args.steps:
         sys.exit(f"--extend: {'; '.join(beyond) or 'both runs are at --steps already'} in {root}; "
