@@ -46,7 +46,9 @@ class TrainConfig:
     batch_size: int = 2  # stacks per worker per step
     crop: int = 48  # pixels, native resolution
     crops_per_pass: int = 8  # random crops per stack per pass over the data (a pass restarts Ray Data: seconds)
-    lr: float = 2e-3
+    lr: float = 2e-3  # Adam's learning rate, until the first step of lr_decay_at
+    lr_decay_at: list[int] = field(default_factory=list)  # steps after which the rate is multiplied by lr_decay
+    lr_decay: float = 0.1  # factor per step of lr_decay_at; a resumed run follows the schedule of its config
     seed: int = 0
     report_every: int = 10  # steps between metric reports (reports block; DESIGN §5)
     checkpoint_every: int = 50
@@ -67,6 +69,9 @@ class TrainConfig:
         require(self.crops_per_pass >= 1, "crops_per_pass", f"must be >= 1, got {self.crops_per_pass}")
         require(self.report_every >= 1 and self.checkpoint_every >= 1, "report_every", "must be >= 1")
         require(self.num_workers >= 1 and self.worker_cpus > 0, "num_workers", "need >= 1 worker with CPUs > 0")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        require(all(s >= 1 for s in self.lr_decay_at), "lr_decay_at", f"steps must be >= 1, got {self.lr_decay_at}")
         if not self.renderer.splat_store and self.out != MISSING:
             self.renderer.splat_store = self.splats or storage.join(self.out, "splats")
         if not self.renderer.data and self.data != MISSING:
@@ -213,6 +218,15 @@ def load_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Opt
     return state["step"], state["history"]
 
 
+def learning_rate(cfg: TrainConfig, steps_done: int) -> float:
+    """The rate of the step after `steps_done` steps: lr, times lr_decay for each of lr_decay_at passed.
+
+    A function of the step, set before every update, so that a resumed or extended run follows the
+    schedule of its config; the rate stored in a checkpoint's optimiser state is not used.
+    """
+    return cfg.lr * cfg.lr_decay ** sum(steps_done >= s for s in cfg.lr_decay_at)
+
+
 # --- the worker loop ------------------------------------------------------------------------------
 
 def train_loop_per_worker(config: dict) -> None:
@@ -245,7 +259,10 @@ def train_loop_per_worker(config: dict) -> None:
             loss, logged, outputs = training_step(ddp_model, batch, cfg, pool, rng)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(cfg, step)
             optimiser.step()
+            logged["lr"] = optimiser.param_groups[0]["lr"]
             logged["time_step_s"] = time.perf_counter() - t0
             step += 1
             count += 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dfd_ray import evaluate, losses, synth, train
-from dfd_ray.config import load_config
+from dfd_ray.config import ConfigError, load_config
 from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, load_model
 from dfd_ray.models.nets import parameter_count
 
@@ -140,15 +140,31 @@ def test_ddp_steps_lower_every_loss_term_then_eval(ray_session, data, splats, tm
     assert report["fused"]["uses_splats"] and "| fused (whole stack) |" in (metrics_dir / "metrics.md").read_text()
 
 
+def test_learning_rate_steps_down_after_each_decay_step():
+    cfg = train.TrainConfig(lr=1e-2, lr_decay_at=[3, 5], lr_decay=0.5)
+    assert [train.learning_rate(cfg, done) for done in range(7)] == [1e-2] * 3 + [5e-3] * 2 + [2.5e-3] * 2
+    assert train.learning_rate(train.TrainConfig(lr=1e-3), 10**6) == 1e-3
+
+
+@pytest.mark.parametrize("override, key", [("lr_decay=0", "lr_decay"), ("lr_decay=1.5", "lr_decay"),
+                                           ("lr_decay_at=[0]", "lr_decay_at"), ("lr=0", "lr")])
+def test_bad_learning_rate_schedule_is_a_config_error(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(train.TrainConfig, ["data=d", "out=o", override])
+
+
 def test_resume_continues_at_the_saved_step(ray_session, data, splats, tmp_path):
     out = tmp_path / "run"
     train.run(train_cfg(data, splats, out, "steps=4", "report_every=2", "checkpoint_every=2"))
     first = _history(out)
-    train.run(train_cfg(data, splats, out, "steps=6", "report_every=2", "checkpoint_every=2"))
+    # the resumed run's schedule is its config's, not the rate saved in the optimiser state
+    train.run(train_cfg(data, splats, out, "steps=6", "report_every=2", "checkpoint_every=2",
+                        "lr_decay_at=[4]", "lr_decay=0.5"))
     resumed = _history(out)
     assert resumed[: len(first)] == first  # same run, picked up where it stopped
     assert [h["step"] for h in resumed] == [2, 4, 6]
     assert [h["resumed_from"] for h in resumed] == [0, 0, 4]
+    assert [h["lr"] for h in resumed] == pytest.approx([3e-3, 3e-3, 1.5e-3])
 
 
 def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, splats, tmp_path):
