@@ -19,6 +19,11 @@ fits and earlier held-out points are kept:
     .venv/bin/python jobs/bench_accuracy.py --train-scenes 32 --test-scenes 8 --size 64 --crop 48 \\
         --steps 7000 --batch 4 --workers 1 --fit-steps 60 --eval-every 1000 --out bench_accuracy_out --extend
 
+A lower learning rate for the last steps (both runs; `dfd-ray train` sets the rate from the
+config at every step, so it applies to runs resumed from a checkpoint):
+
+    ... --steps 11000 --extend --train-set 'lr_decay_at=[9250]'
+
 On a Ray cluster: `ray job submit --runtime-env cluster/runtime_env.yaml -- python
 jobs/bench_accuracy.py ...` (same options; `--out` is a local folder of the driver).
 
