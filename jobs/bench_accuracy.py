@@ -122,7 +122,8 @@ def train_and_eval(args, root: str, supervision: str, report_every: int, prior: 
     out = f"{root}/{supervision}"
     splats = f"{root}/fit/splats"
     eval_splats = splats if supervision == "self" else ""  # see the module docstring
-    start = int(read_state(out)["step"]) if prior else 0
+    state = read_state(out) if prior else {"step": 0, "history": []}
+    start = int(state["step"])
     heldout = list(prior["heldout"]) if prior else []
     if args.eval_every:
         targets = list(range(start + args.eval_every, args.steps, args.eval_every)) + [args.steps]
@@ -130,7 +131,7 @@ def train_and_eval(args, root: str, supervision: str, report_every: int, prior: 
         targets = [args.steps]
     if heldout and heldout[-1]["step"] < start < args.steps:  # trained on by hand (`dfd-ray train`): score it
         targets = [start] + targets
-    segments_before = len(segments(read_state(out)["history"])) if prior else 0
+    segments_before = len(segments(state["history"]))
     base = [f"data={root}/data", f"out={out}", f"splats={splats}", f"supervision={supervision}",
             f"batch_size={args.batch}", f"crop={args.crop}", f"num_workers={args.workers}",
             f"report_every={report_every}"]
