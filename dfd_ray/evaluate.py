@@ -3,7 +3,9 @@
 Modes, on full images (the networks are fully convolutional):
     single  depth from each slice on its own (no splat, no stack), reported overall and per
             focus distance, with the error of the slice's defocus map against the GT CoC (the
-            GT depth through the thin lens): how well SDNet reads blur;
+            GT depth through the thin lens): how well SDNet reads blur; and where the depth error
+            comes from (`metrics.side_metrics`): the blur's size or the side of the focus plane
+            the depth is put on (equal blur has one depth on each side);
     fused   one depth per stack: the geometric mean of its single-slice predictions, each made
             with the scene fit's depth as DepthNet's prior input where splats are available
             (`splats=` a store, or `fit_at_test=true`).
@@ -23,7 +25,8 @@ from omegaconf import MISSING
 from dfd_ray import focalstack, optics, storage
 from dfd_ray.config import ConfigError, require, save_config
 from dfd_ray.depth_from_focus import depth_from_focus
-from dfd_ray.metrics import COC_KEYS, METRIC_KEYS, coc_metrics, depth_metrics, mean_metrics
+from dfd_ray.defocus import coc_gain_px
+from dfd_ray.metrics import COC_KEYS, METRIC_KEYS, SIDE_KEYS, coc_metrics, depth_metrics, mean_metrics, side_metrics
 from dfd_ray.models.store import load_model
 from dfd_ray.splat.fit import FitConfig, fit_scene
 from dfd_ray.splat.scene import load_splats, splat_uri
@@ -45,7 +48,8 @@ class EvalConfig:
         require(self.max_stacks >= 0, "max_stacks", "must be >= 0")
 
 
-def _test_prefix(data: str) -> str:
+def eval_prefix(data: str) -> str:
+    """The prefix `eval` scores: a dataset root's test/ split, else its first (or only) prefix."""
     prefixes = focalstack.dataset_prefixes(data)
     test = [p for p in prefixes if p.rstrip("/").endswith("test")]
     return (test or prefixes)[0]
@@ -97,17 +101,25 @@ def _table(report: dict) -> str:
     coc = report["single"]["coc_px"]
     for name, m in [("all slices", coc["overall"])] + [(f"s = {s} m", m) for s, m in coc["per_focus_distance"].items()]:
         lines.append(f"| {name} | {m['images']} | {m['coc_mae_px']:.3f} | {m['gt_coc_mean_px']:.3f} |")
-    return "\n".join(lines) + f"\n\nMask: {report['mask']}. Per image, then averaged. GT CoC: GT depth through the thin lens.\n"
+    lines += ["", "| single-slice error source | images | AbsRel, predicted CoC on the GT side | AbsRel, GT CoC on the "
+              "predicted side | wrong side (GT CoC >= 1 px) |", "|---|---|---|---|---|"]
+    side = report["single"]["side"]
+    for name, m in [("all slices", side["overall"])] + [(f"s = {s} m", m) for s, m in side["per_focus_distance"].items()]:
+        lines.append(f"| {name} | {m['images']} | {m['abs_rel_true_side']:.4f} | {m['abs_rel_true_coc']:.4f} "
+                     f"| {m['wrong_side']:.3f} |")
+    return "\n".join(lines) + (f"\n\nMask: {report['mask']}. Per image, then averaged. GT CoC: GT depth through the "
+                               "thin lens. Side: of the focus plane; equal blur has one depth on each side.\n")
 
 
 def run(cfg: EvalConfig) -> dict:
     try:
         model, meta = load_model(cfg.model, cfg.device)
-        prefix = _test_prefix(cfg.data)
+        prefix = eval_prefix(cfg.data)
     except (FileNotFoundError, focalstack.DatasetError) as exc:
         raise ConfigError(str(exc)) from None
     save_config(cfg, cfg.out)
-    single, per_s, coc_per_s, fused, dff, splat = [], {}, {}, [], [], []
+    single, per_s, coc_per_s, side_per_s, fused, dff, splat = [], {}, {}, {}, [], [], []
+    depth_range = (model.cfg.min_depth, model.cfg.max_depth)
     for index, stack in enumerate(focalstack.read_stacks(prefix)):
         if cfg.max_stacks and index >= cfg.max_stacks:
             break
@@ -122,6 +134,8 @@ def run(cfg: EvalConfig) -> dict:
             per_s.setdefault(key, []).append(m)
             gt_coc = optics.coc_px(gt, float(s), stack.focal_length, stack.f_number, stack.pixel_size)
             coc_per_s.setdefault(key, []).append(coc_metrics(c, gt_coc, gt, cfg.max_depth))
+            gain = coc_gain_px(float(s), float(stack.focal_length), float(stack.f_number), float(stack.pixel_size))
+            side_per_s.setdefault(key, []).append(side_metrics(d, c, gt, float(s), gain, depth_range, cfg.max_depth))
         prior = _splat_prior(cfg, stack)
         if prior is not None:
             _, depths = predict_slices(model, stack, prior, cfg.device)
@@ -138,7 +152,9 @@ def run(cfg: EvalConfig) -> dict:
         "mask": "gt > 0" + (f" and gt <= {cfg.max_depth} m" if cfg.max_depth else ""),
         "single": {"overall": mean_metrics(single), "per_focus_distance": {s: mean_metrics(v) for s, v in per_s.items()},
                    "coc_px": {"overall": mean_metrics(sum(coc_per_s.values(), []), COC_KEYS),
-                              "per_focus_distance": {s: mean_metrics(v, COC_KEYS) for s, v in coc_per_s.items()}}},
+                              "per_focus_distance": {s: mean_metrics(v, COC_KEYS) for s, v in coc_per_s.items()}},
+                   "side": {"overall": mean_metrics(sum(side_per_s.values(), []), SIDE_KEYS),
+                            "per_focus_distance": {s: mean_metrics(v, SIDE_KEYS) for s, v in side_per_s.items()}}},
         "fused": {"overall": mean_metrics(fused), "uses_splats": bool(splat)},
         "dff": {"overall": mean_metrics(dff)},
         "splat": {"overall": mean_metrics(splat) if splat else {}},

@@ -12,6 +12,7 @@ import numpy as np
 
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "mae", "mse", "delta1", "delta2", "delta3")
 COC_KEYS = ("coc_mae_px", "gt_coc_mean_px")
+SIDE_KEYS = ("abs_rel_true_side", "abs_rel_true_coc", "wrong_side")
 
 
 def valid_mask(gt: np.ndarray, max_depth: float | None = None) -> np.ndarray:
@@ -62,10 +63,54 @@ def coc_metrics(pred_coc_px: np.ndarray, gt_coc_px: np.ndarray, gt_depth: np.nda
     return {"coc_mae_px": float(np.mean(np.abs(pred_coc_px[mask] - g))), "gt_coc_mean_px": float(np.mean(g))}
 
 
+def side_metrics(pred_depth: np.ndarray, pred_coc_px: np.ndarray, gt_depth: np.ndarray, focus_distance: float,
+                 gain_px_m: float, depth_range: tuple[float, float], max_depth: float | None = None,
+                 min_coc_px: float = 1.0) -> dict[str, float]:
+    """Where one slice's single-image depth error comes from: the blur or its side.
+
+    A CoC c has two depths, one on each side of the focus plane s: 1/d = 1/s ± c/G (G in pixel
+    metres, `defocus.coc_gain_px`). Over the valid GT pixels:
+    - `abs_rel_true_side`: AbsRel of the thin-lens inverse of the predicted CoC taken on the GT side,
+      the error left if the side were known;
+    - `abs_rel_true_coc`: AbsRel of the GT CoC taken on the side of the predicted depth, the error
+      left if the blur were read exactly;
+    - `wrong_side`: the fraction of the pixels with GT CoC >= `min_coc_px` (where the two candidate
+      depths are apart) whose predicted depth lies on the other side of s; NaN where there is none.
+    Both inverses are clipped to `depth_range` (metres), the range the model predicts in.
+    """
+    if not pred_depth.shape == pred_coc_px.shape == gt_depth.shape:
+        raise ValueError(f"depth {pred_depth.shape}, CoC {pred_coc_px.shape} and GT depth {gt_depth.shape} "
+                         "differ in shape")
+    mask = valid_mask(gt_depth, max_depth)
+    if not mask.any():
+        return {k: float("nan") for k in SIDE_KEYS}
+    g = gt_depth[mask].astype(np.float64)
+    pred_side = np.sign(1.0 / np.maximum(pred_depth[mask].astype(np.float64), 1e-6) - 1.0 / focus_distance)
+    gt_side = np.sign(1.0 / g - 1.0 / focus_distance)
+    gt_coc = gain_px_m * np.abs(1.0 / g - 1.0 / focus_distance)
+    lo, hi = depth_range
+
+    def inverse(side: np.ndarray, coc: np.ndarray) -> np.ndarray:
+        return 1.0 / np.clip(1.0 / focus_distance + side * coc / gain_px_m, 1.0 / hi, 1.0 / lo)
+
+    apart = gt_coc >= min_coc_px
+    return {
+        "abs_rel_true_side": float(np.mean(np.abs(inverse(gt_side, pred_coc_px[mask]) - g) / g)),
+        "abs_rel_true_coc": float(np.mean(np.abs(inverse(pred_side, gt_coc) - g) / g)),
+        "wrong_side": float(np.mean(pred_side[apart] != gt_side[apart])) if apart.any() else float("nan"),
+    }
+
+
 def mean_metrics(per_image: Iterable[dict[str, float]], keys: tuple[str, ...] = METRIC_KEYS) -> dict[str, float]:
-    """Average per-image metrics (`depth_metrics`, or `coc_metrics` with keys=COC_KEYS), skipping
-    images without valid pixels (NaN)."""
+    """Average per-image metrics (`depth_metrics`, or `coc_metrics` / `side_metrics` with their keys),
+    skipping images without valid pixels (NaN in keys[0]); a key NaN in some images only (`wrong_side`)
+    is averaged over the others."""
     rows = [m for m in per_image if not np.isnan(m[keys[0]])]
     if not rows:
         return {k: float("nan") for k in keys} | {"images": 0}
-    return {k: float(np.mean([m[k] for m in rows])) for k in keys} | {"images": len(rows)}
+
+    def mean(k: str) -> float:
+        values = [m[k] for m in rows if not np.isnan(m[k])]
+        return float(np.mean(values)) if values else float("nan")
+
+    return {k: mean(k) for k in keys} | {"images": len(rows)}

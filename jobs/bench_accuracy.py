@@ -24,6 +24,15 @@ config at every step, so it applies to runs resumed from a checkpoint):
 
     ... --steps 11000 --extend --train-set 'lr_decay_at=[9250]'
 
+Scoring a finished run on a larger held-out set (8 held-out stacks proved too few: the 32-scene
+run's self-supervised AbsRel was 0.267 on them and 0.307 on a 40-stack superset, docs/benchmarks.md).
+Synthetic scenes are deterministic per (seed, split, index), so `n_test=40` with the run's seed
+holds its own test stacks and 32 more; `--heldout` fits their splats (the run's --fit-steps, kept in
+`--out/heldout-<name>/` and reused) and scores the run's final models and its best constant:
+
+    .venv/bin/dfd-ray synth out=heldout40 preset=fod500 n_scenes=0 n_test=40 height=64 width=64 seed=0
+    .venv/bin/python jobs/bench_accuracy.py --out bench_accuracy_out --heldout heldout40
+
 On a Ray cluster: `ray job submit --runtime-env cluster/runtime_env.yaml -- python
 jobs/bench_accuracy.py ...` (same options; `--out` is a local folder of the driver).
 
@@ -341,11 +350,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--extend", action="store_true",
                    help="train the finished run in --out on to a larger --steps (same other options), keeping its "
                         "data, fits and held-out points")
+    p.add_argument("--heldout", default="", metavar="URI",
+                   help="score the finished run in --out on another held-out dataset (its test/ split), without "
+                        "training; the data, fit and budget options are the run's own")
     args = p.parse_args(argv)
     if args.train_scenes < args.batch * args.workers:
         p.error(f"--train-scenes {args.train_scenes} < batch × workers = {args.batch * args.workers}")
     if args.extend and not args.out:
         p.error("--extend needs --out: the folder of the run to extend")
+    if args.heldout and (args.extend or not args.out):
+        p.error("--heldout needs --out (the finished run to score) and no --extend")
     if args.test_scenes < 1 or args.steps < 1 or args.fit_steps < 1:
         p.error("--test-scenes, --steps and --fit-steps must be >= 1")
     if not 0 <= args.eval_every <= args.steps:
@@ -353,6 +367,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.crop > args.size:
         p.error("--crop must not exceed --size")
     return args
+
+
+def fit_splats(data: str, out: str, fit_steps: int, max_depth: float | None) -> dict:
+    """Splat fits of every scene under `data` into `out` (fit_job); exits when one fails."""
+    overrides = [f"data={data}", f"out={out}", f"fit.steps={fit_steps}",
+                 f"fit.warmup_steps={min(30, fit_steps // 3)}", "ray_cpus=4"]
+    if max_depth is not None:
+        overrides.append(f"eval_max_depth={max_depth}")
+    brief = fit_job.run(load_config(fit_job.FitJobConfig, overrides))
+    if brief["failed"]:
+        sys.exit(f"{brief['failed']} scene fit(s) failed: see {out}/fit_metrics.json")
+    return brief
 
 
 def make_data_and_fits(args, root: str, timings: dict) -> None:
@@ -364,14 +390,8 @@ def make_data_and_fits(args, root: str, timings: dict) -> None:
     print(f"[1/5] data: {timings['synth_s']:.1f} s", flush=True)
 
     t0 = time.perf_counter()
-    fit_overrides = [f"data={root}/data", f"out={root}/fit", f"fit.steps={args.fit_steps}",
-                     f"fit.warmup_steps={min(30, args.fit_steps // 3)}", "ray_cpus=4"]
-    if args.max_depth is not None:
-        fit_overrides.append(f"eval_max_depth={args.max_depth}")
-    fit_brief = fit_job.run(load_config(fit_job.FitJobConfig, fit_overrides))
+    fit_brief = fit_splats(f"{root}/data", f"{root}/fit", args.fit_steps, args.max_depth)
     timings["fit_s"] = time.perf_counter() - t0
-    if fit_brief["failed"]:
-        sys.exit(f"{fit_brief['failed']} scene fit(s) failed: see {root}/fit/fit_metrics.json")
     print(f"[2/5] splat fits, {fit_brief['scenes']} scenes: {timings['fit_s']:.1f} s", flush=True)
 
 
@@ -379,13 +399,18 @@ def make_data_and_fits(args, root: str, timings: dict) -> None:
 EXTEND_SAME = ("train_scenes", "test_scenes", "size", "crop", "batch", "workers", "fit_steps", "max_depth", "seed")
 
 
-def previous_run(root: str, args) -> dict:
-    """The finished run in `root` that --extend trains on, checked against this command's options."""
+def finished_run(root: str, flag: str) -> dict:
+    """The record (bench_accuracy.json) of the finished run in `root`; exits when there is none."""
     path = f"{root}/bench_accuracy.json"
     if not os.path.isfile(path):
-        sys.exit(f"--extend: {path} not found: --out must hold a finished bench_accuracy run")
+        sys.exit(f"{flag}: {path} not found: --out must hold a finished bench_accuracy run")
     with open(path) as f:
-        prev = json.load(f)
+        return json.load(f)
+
+
+def previous_run(root: str, args) -> dict:
+    """The finished run in `root` that --extend trains on, checked against this command's options."""
+    prev = finished_run(root, "--extend")
     diff = [f"--{k.replace('_', '-')} {prev['args'][k]} (given {getattr(args, k)})"
             for k in EXTEND_SAME if prev["args"][k] != getattr(args, k)]
     if diff:
@@ -398,8 +423,93 @@ def previous_run(root: str, args) -> dict:
     return prev
 
 
+def heldout_folder(root: str, uri: str) -> str:
+    """Where --heldout URI puts its fits and evaluations: one folder per held-out dataset."""
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in uri.rstrip("/").rsplit("/", 1)[-1])
+    return f"{root}/heldout-{name or 'data'}"
+
+
+def check_heldout(root: str, uri: str) -> tuple[str, list[str]]:
+    """The held-out prefix of `uri` and its scene ids; exits when it is empty or shares a scene with
+    the run's training data (scoring on training stacks would flatter every learned row)."""
+    try:
+        prefix = evaluate.eval_prefix(uri)
+        ids = sorted(focalstack.scene_index(prefix))
+    except (FileNotFoundError, focalstack.DatasetError) as exc:
+        sys.exit(f"--heldout {uri}: {exc}")
+    if not ids:
+        sys.exit(f"--heldout {uri}: no stacks under {prefix}")
+    shared = sorted(set(ids) & set(focalstack.scene_index(f"{root}/data/train")))
+    if shared:
+        sys.exit(f"--heldout {uri}: {len(shared)} of its {len(ids)} stacks are training stacks of the run in {root} "
+                 f"(e.g. {shared[0]}); held-out stacks must be new to the models")
+    return prefix, ids
+
+
+def score_heldout(args) -> None:
+    """--heldout: the run's final models, its best constant (from its own training GT), the classical
+    baseline and splat fits of the held-out stacks, scored on them; the same table and targets."""
+    root = os.path.abspath(args.out)
+    prev = finished_run(root, "--heldout")
+    run_args = argparse.Namespace(**prev["args"])
+    prefix, ids = check_heldout(root, args.heldout)
+    folder = heldout_folder(root, args.heldout)
+    test_gt = gt_depths(prefix)
+    if len(test_gt) < len(ids):
+        sys.exit(f"--heldout {args.heldout}: {len(ids) - len(test_gt)} of its {len(ids)} stacks have no GT depth")
+    print(f"bench_accuracy --heldout: the run in {root} on {len(ids)} stacks of {prefix}; out {folder}", flush=True)
+    started_ray = ensure_ray(4)
+    try:
+        fit_path = f"{folder}/fit/fit_metrics.json"
+        fitted = set()
+        if os.path.isfile(fit_path):
+            with open(fit_path) as f:
+                fitted = {r["scene_id"] for r in json.load(f)["per_scene"]}
+        if not set(ids) <= fitted:  # fits of an earlier --heldout call on the same data are reused
+            fit_splats(prefix, f"{folder}/fit", run_args.fit_steps, run_args.max_depth)
+        with open(fit_path) as f:
+            fit = json.load(f)
+        print(f"[1/3] splat fits of the held-out stacks: {fit['seconds']:.0f} s", flush=True)
+
+        const_value, const_pixels = best_constant(gt_depths(f"{root}/data/train"), run_args.max_depth)
+        const = {"value": const_value, "train_pixels": const_pixels,
+                 "test": mean_metrics(depth_metrics(np.full_like(g, const_value), g, run_args.max_depth)
+                                      for g in test_gt)}
+        print(f"[2/3] best constant of the run: {const_value:.4f} m, held-out AbsRel {const['test']['abs_rel']:.4f}",
+              flush=True)
+        runs = {}
+        for mode in ("self", "gt"):
+            splats = f"{folder}/fit/splats" if mode == "self" else ""  # as in the run (module docstring)
+            report = run_eval(f"{root}/{mode}/model", prefix, f"{folder}/eval_{mode}", splats, run_args.max_depth)
+            runs[mode] = {"report": report, "train_wall_s": prev["runs"][mode]["train_wall_s"]}
+        print(f"[3/3] evaluated both models (self at step {runs['self']['report']['trained_steps']}, gt at step "
+              f"{runs['gt']['report']['trained_steps']})", flush=True)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    mask = "gt > 0" + (f" and gt <= {run_args.max_depth} m" if run_args.max_depth is not None else "")
+    rows = build_rows(run_args, const, runs, fit)
+    checks = targets(rows)
+    text = (f"## Accuracy of the run in {root} on held-out {prefix}\n\n{table(rows, mask, len(test_gt))}\n"
+            + "\n".join(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {_f(c['value'])} vs {_f(c['bound'])}"
+                        for c in checks) + "\n")
+    with open(f"{folder}/bench_accuracy.md", "w") as f:
+        f.write(text)
+    with open(f"{folder}/bench_accuracy.json", "w") as f:
+        json.dump(_clean({"run": root, "heldout": prefix, "test_stacks": len(test_gt), "mask": mask,
+                          "best_constant": const, "steps": {m: runs[m]["report"]["trained_steps"] for m in runs},
+                          "rows": [{k: r[k] for k in ("key", "method", "metrics", "budget", "wall", "fit")} for r in rows],
+                          "targets": checks}), f, indent=2)
+    print("\n" + text)
+    print(f"wrote {folder}/bench_accuracy.md, bench_accuracy.json", flush=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.heldout:
+        return score_heldout(args)
     root = os.path.abspath(args.out) if args.out else tempfile.mkdtemp(prefix="dfd-bench-accuracy-")
     prev = previous_run(root, args) if args.extend else None
     if prev is None and os.path.isdir(root) and os.listdir(root):

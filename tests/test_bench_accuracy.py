@@ -64,3 +64,29 @@ def test_extend_refuses_what_it_cannot_train_on(tmp_path, capsys):
                                                                      "--batch", "4"]))
     prev = bench.previous_run(str(tmp_path), bench.parse_args(base + ["--extend", "--steps", "200"]))
     assert prev["args"]["steps"] == 100
+
+
+def test_heldout_needs_a_finished_run_and_data_new_to_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--heldout", "data"])
+    assert "--heldout needs --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--heldout", "data", "--out", str(tmp_path), "--extend"])
+    assert "no --extend" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--heldout: .*bench_accuracy.json not found"):
+        bench.score_heldout(bench.parse_args(["--heldout", "data", "--out", str(tmp_path)]))
+
+    run = tmp_path / "run"
+    bench.synth.run(bench.load_config(bench.synth.SynthConfig, [
+        f"out={run}/data", "n_scenes=2", "n_test=1", "height=16", "width=16"]))
+    bench.synth.run(bench.load_config(bench.synth.SynthConfig, [
+        f"out={tmp_path}/more", "n_scenes=0", "n_test=3", "height=16", "width=16"]))
+    prefix, ids = bench.check_heldout(str(run), str(tmp_path / "more"))
+    assert prefix.rstrip("/").endswith("more/test") and len(ids) == 3
+    assert ids[0] == "synth-test-0-000000"  # the run's own test stack: new to the models, so allowed
+    with pytest.raises(SystemExit, match=r"--heldout .*/run/data/train: 2 of its 2 stacks are training stacks"):
+        bench.check_heldout(str(run), str(run / "data" / "train"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"--heldout .*/empty: "):
+        bench.check_heldout(str(run), str(tmp_path / "empty"))
+    assert bench.heldout_folder("/r", "s3://bucket/held out/") == "/r/heldout-held-out"

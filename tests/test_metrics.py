@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from dfd_ray.metrics import METRIC_KEYS, coc_metrics, depth_metrics, mean_metrics
+from dfd_ray.metrics import METRIC_KEYS, SIDE_KEYS, coc_metrics, depth_metrics, mean_metrics, side_metrics
 
 
 def test_hand_computed_values():
@@ -44,3 +44,27 @@ def test_coc_error_over_valid_depth_pixels():
     assert all(math.isnan(v) for v in coc_metrics(pred, gt_coc, np.zeros((2, 2))).values())
     with pytest.raises(ValueError, match="differ in shape"):
         coc_metrics(pred, gt_coc, np.ones(3))
+
+
+def test_side_metrics_split_the_error_into_blur_and_side():
+    # focus s = 0.5 m (1/s = 2), G = 10 px m: c = 10 |1/d - 2|. GT: 0.25 m (near side, c = 20 px),
+    # 1 m (far side, 10 px), 0.5 m (in focus), 0 (invalid).
+    gt = np.array([0.25, 1.0, 0.5, 0.0])
+    pred_depth = np.array([0.25, 0.4, 0.6, 9.0])  # sides: near (right), near (wrong), far (GT has none)
+    pred_coc = np.array([10.0, 10.0, 3.0, 0.0])
+    m = side_metrics(pred_depth, pred_coc, gt, 0.5, 10.0, (0.1, 10.0))
+    # GT side, predicted CoC: 1/(2 + 1) = 1/3 m (rel. error 1/3), 1/(2 - 1) = 1 m (0), 1/2 (0)
+    # predicted side, GT CoC: 1/(2 + 2) = 0.25 m (0), 1/(2 + 1) = 1/3 m (2/3), 1/2 (0)
+    # wrong side where GT CoC >= 1 px: 0.25 m right, 1 m wrong
+    assert m == pytest.approx({"abs_rel_true_side": (1 / 3) / 3, "abs_rel_true_coc": (2 / 3) / 3, "wrong_side": 0.5})
+    clipped = side_metrics(np.array([2.0]), np.array([30.0]), np.array([1.0]), 0.5, 10.0, (0.1, 10.0))
+    assert clipped["abs_rel_true_side"] == pytest.approx(9.0)  # 1/s - 3 < 1/10 m: clipped to the far end
+    near_only = side_metrics(pred_depth, pred_coc, gt, 0.5, 10.0, (0.1, 10.0), max_depth=0.9)
+    assert near_only == pytest.approx({"abs_rel_true_side": (1 / 3) / 2, "abs_rel_true_coc": 0.0, "wrong_side": 0.0})
+    in_focus = side_metrics(np.array([0.6]), np.array([0.0]), np.array([0.5]), 0.5, 10.0, (0.1, 10.0))
+    assert math.isnan(in_focus["wrong_side"]) and in_focus["abs_rel_true_side"] == 0.0
+    avg = mean_metrics([m, in_focus, side_metrics(pred_depth, pred_coc, np.zeros(4), 0.5, 10.0, (0.1, 10.0))], SIDE_KEYS)
+    assert avg["images"] == 2 and avg["wrong_side"] == 0.5  # the in-focus image has no side to get wrong
+    assert avg["abs_rel_true_side"] == pytest.approx((1 / 9) / 2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        side_metrics(pred_depth, pred_coc[:2], gt, 0.5, 10.0, (0.1, 10.0))

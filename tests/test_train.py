@@ -137,6 +137,9 @@ def test_ddp_steps_lower_every_loss_term_then_eval(ray_session, data, splats, tm
     assert set(coc["per_focus_distance"]) == set(report["single"]["per_focus_distance"])
     for m in [coc["overall"], *coc["per_focus_distance"].values()]:
         assert m["coc_mae_px"] >= 0 and m["gt_coc_mean_px"] > 0 and m["images"] > 0
+    side = report["single"]["side"]
+    assert set(side["per_focus_distance"]) == set(report["single"]["per_focus_distance"])
+    assert 0 <= side["overall"]["wrong_side"] <= 1 and side["overall"]["abs_rel_true_side"] >= 0
     assert report["fused"]["uses_splats"] and "| fused (whole stack) |" in (metrics_dir / "metrics.md").read_text()
 
 
