@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 
 def ensure_ray(local_cpus: int, object_store_mb: int = 300) -> bool:
@@ -19,6 +20,25 @@ def ensure_ray(local_cpus: int, object_store_mb: int = 300) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=local_cpus, object_store_memory=object_store_mb * 1024 * 1024,
-                 include_dashboard=False, log_to_driver=False)
+        start_local_ray(local_cpus, object_store_mb, include_dashboard=False, log_to_driver=False)
     return True
+
+
+def start_local_ray(num_cpus: int, object_store_mb: int, **init_kwargs) -> int:
+    """Start an embedded local Ray on a dashboard port of its own; returns that port.
+
+    Ray 2.60 records 127.0.0.1:8265 as a local Ray's dashboard (State API) address even with the
+    dashboard off, and Ray Train's placement-group cleaner asks the State API there whether the
+    run's controller still lives. With another local Ray's dashboard on 8265 (a test session,
+    `ray start`), it asked that one, found no such controller and removed the run's placement
+    group: the training workers died and FailureConfig restarted them from the last checkpoint
+    (docs/benchmarks.md). On a port of its own, nobody else answers for this Ray.
+    """
+    import ray
+
+    with socket.socket() as s:  # a free port, taken by Ray's dashboard a moment later (if it runs)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=num_cpus, object_store_memory=object_store_mb * 1024 * 1024, dashboard_port=port,
+             **init_kwargs)
+    return port

@@ -259,6 +259,10 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+def check_lines(checks: list[dict]) -> list[str]:
+    return [f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {_f(c['value'])} vs {_f(c['bound'])}" for c in checks]
+
+
 def curves_text(runs: dict) -> str:
     self_h = {h["step"]: h for h in runs["self"]["history"]}
     gt_h = {h["step"]: h for h in runs["gt"]["history"]}
@@ -493,8 +497,7 @@ def score_heldout(args) -> None:
     rows = build_rows(run_args, const, runs, fit)
     checks = targets(rows)
     text = (f"## Accuracy of the run in {root} on held-out {prefix}\n\n{table(rows, mask, len(test_gt))}\n"
-            + "\n".join(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {_f(c['value'])} vs {_f(c['bound'])}"
-                        for c in checks) + "\n")
+            + "\n".join(check_lines(checks)) + "\n")
     with open(f"{folder}/bench_accuracy.md", "w") as f:
         f.write(text)
     with open(f"{folder}/bench_accuracy.json", "w") as f:
@@ -562,8 +565,6 @@ def main(argv=None) -> None:
     rows = build_rows(args, const, runs, fit)
     md = table(rows, mask, len(test_gt))
     checks = targets(rows)
-    check_lines = [f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {_f(c['value'])} vs {_f(c['bound'])}"
-                   for c in checks]
     curves = curves_text(runs)
     plot(runs, const["test"]["abs_rel"], runs["self"]["report"]["dff"]["overall"]["abs_rel"],
          f"{root}/learning_curves.png")
@@ -574,7 +575,7 @@ def main(argv=None) -> None:
               f"{runs['self']['s_per_step']:.2f}, gt {runs['gt']['s_per_step']:.2f}; total wall "
               f"{timings['total_s']:.0f} s" + (f" (trained on with --extend from step(s) "
                                                 f"{', '.join(map(str, extended_from))})." if prev else "."))
-    text = (f"## Accuracy ({PRESET} synthetic, {args.size}²)\n\n{md}\n{budget}\n\n" + "\n".join(check_lines)
+    text = (f"## Accuracy ({PRESET} synthetic, {args.size}²)\n\n{md}\n{budget}\n\n" + "\n".join(check_lines(checks))
             + f"\n\n## Learning curves (training reports)\n\n{curves}\n")
     with open(f"{root}/bench_accuracy.md", "w") as f:
         f.write(text)

@@ -22,13 +22,11 @@ def ray_session():
     """A local Ray with a small object store; 4 logical CPUs so fractional tasks schedule on 2 cores."""
     import ray
 
-    ray.init(
-        num_cpus=4,
-        object_store_memory=200 * 1024 * 1024,
-        include_dashboard=True,  # the state API (list_actors) needs it
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    from dfd_ray.ray_session import start_local_ray
+
+    # started as the jobs start theirs, so that another local Ray (a benchmark) cannot pass for it
+    start_local_ray(4, 200, include_dashboard=True,  # the state API (list_actors) needs it
+                    log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
