@@ -106,6 +106,17 @@ def best_constant(depths: list[np.ndarray], max_depth: float | None) -> tuple[fl
     return float(d[int(np.searchsorted(cum, 0.5 * cum[-1], side="left"))]), int(d.size)
 
 
+def constant_record(root: str, test_gt: list[np.ndarray], max_depth: float | None) -> dict:
+    """The best constant of the run in `root` (from its training GT) and its metrics on `test_gt`."""
+    value, pixels = best_constant(gt_depths(f"{root}/data/train"), max_depth)
+    return {"value": value, "train_pixels": pixels,
+            "test": mean_metrics(depth_metrics(np.full_like(g, value), g, max_depth) for g in test_gt)}
+
+
+def mask_label(max_depth: float | None) -> str:
+    return "gt > 0" + (f" and gt <= {max_depth} m" if max_depth is not None else "")
+
+
 def gt_depths(prefix: str) -> list[np.ndarray]:
     return [s.depth for s in focalstack.read_stacks(prefix) if s.depth is not None]
 
@@ -257,6 +268,10 @@ def targets(rows: list[dict]) -> list[dict]:
         ok = bool(ok) and not (math.isnan(value) or math.isnan(bound))
         out.append({"target": name, "value": value, "bound": bound, "pass": ok})
     return out
+
+
+def row_records(rows: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in ("key", "method", "metrics", "budget", "wall", "fit")} for r in rows]
 
 
 def check_lines(checks: list[dict]) -> list[str]:
@@ -475,12 +490,9 @@ def score_heldout(args) -> None:
             fit = json.load(f)
         print(f"[1/3] splat fits of the held-out stacks: {fit['seconds']:.0f} s", flush=True)
 
-        const_value, const_pixels = best_constant(gt_depths(f"{root}/data/train"), run_args.max_depth)
-        const = {"value": const_value, "train_pixels": const_pixels,
-                 "test": mean_metrics(depth_metrics(np.full_like(g, const_value), g, run_args.max_depth)
-                                      for g in test_gt)}
-        print(f"[2/3] best constant of the run: {const_value:.4f} m, held-out AbsRel {const['test']['abs_rel']:.4f}",
-              flush=True)
+        const = constant_record(root, test_gt, run_args.max_depth)
+        print(f"[2/3] best constant of the run: {const['value']:.4f} m, held-out AbsRel "
+              f"{const['test']['abs_rel']:.4f}", flush=True)
         runs = {}
         for mode in ("self", "gt"):
             splats = f"{folder}/fit/splats" if mode == "self" else ""  # as in the run (module docstring)
@@ -493,7 +505,7 @@ def score_heldout(args) -> None:
             import ray
 
             ray.shutdown()
-    mask = "gt > 0" + (f" and gt <= {run_args.max_depth} m" if run_args.max_depth is not None else "")
+    mask = mask_label(run_args.max_depth)
     rows = build_rows(run_args, const, runs, fit)
     checks = targets(rows)
     text = (f"## Accuracy of the run in {root} on held-out {prefix}\n\n{table(rows, mask, len(test_gt))}\n"
@@ -503,7 +515,7 @@ def score_heldout(args) -> None:
     with open(f"{folder}/bench_accuracy.json", "w") as f:
         json.dump(_clean({"run": root, "heldout": prefix, "test_stacks": len(test_gt), "mask": mask,
                           "best_constant": const, "steps": {m: runs[m]["report"]["trained_steps"] for m in runs},
-                          "rows": [{k: r[k] for k in ("key", "method", "metrics", "budget", "wall", "fit")} for r in rows],
+                          "rows": row_records(rows),
                           "targets": checks}), f, indent=2)
     print("\n" + text)
     print(f"wrote {folder}/bench_accuracy.md, bench_accuracy.json", flush=True)
@@ -522,7 +534,7 @@ def main(argv=None) -> None:
     report_every = args.report_every or max(1, args.steps // 20)
     if args.eval_every and args.eval_every % report_every:
         report_every = math.gcd(report_every, args.eval_every)
-    mask = "gt > 0" + (f" and gt <= {args.max_depth} m" if args.max_depth is not None else "")
+    mask = mask_label(args.max_depth)
     print(f"bench_accuracy: {PRESET} camera, {args.train_scenes} train / {args.test_scenes} test stacks of "
           f"{args.size}², crop {args.crop}, {args.steps} steps × batch {args.batch} × {args.workers} worker(s) per "
           f"mode, {args.fit_steps} fit steps; out {root}", flush=True)
@@ -538,12 +550,10 @@ def main(argv=None) -> None:
             print(f"[1-2/5] --extend: the data and splat fits of the run in {root} (trained to step "
                   f"{prev['args']['steps']})", flush=True)
 
-        const_value, const_pixels = best_constant(gt_depths(f"{root}/data/train"), args.max_depth)
         test_gt = gt_depths(f"{root}/data/test")
-        const = {"value": const_value, "train_pixels": const_pixels,
-                 "test": mean_metrics(depth_metrics(np.full_like(g, const_value), g, args.max_depth) for g in test_gt)}
-        print(f"[3/5] best constant: {const_value:.4f} m over {const_pixels} train pixels, held-out AbsRel "
-              f"{const['test']['abs_rel']:.4f}", flush=True)
+        const = constant_record(root, test_gt, args.max_depth)
+        print(f"[3/5] best constant: {const['value']:.4f} m over {const['train_pixels']} train pixels, held-out "
+              f"AbsRel {const['test']['abs_rel']:.4f}", flush=True)
 
         runs = {}
         for i, mode in enumerate(("self", "gt")):
@@ -582,8 +592,7 @@ def main(argv=None) -> None:
     with open(f"{root}/bench_accuracy.json", "w") as f:
         json.dump(_clean({
             "args": vars(args), "extended_from_steps": extended_from, "out": root, "mask": mask, "test_stacks": len(test_gt),
-            "best_constant": const, "rows": [{k: r[k] for k in ("key", "method", "metrics", "budget", "wall", "fit")}
-                                             for r in rows],
+            "best_constant": const, "rows": row_records(rows),
             "targets": checks, "timings_s": timings, "fit": {k: fit[k] for k in ("scenes", "seconds", "fit")},
             "runs": {m: {k: runs[m][k] for k in ("history", "heldout", "train_wall_s", "eval_wall_s", "s_per_step",
                                                   "config")} for m in runs},
