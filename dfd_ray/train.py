@@ -2,12 +2,14 @@
 
 The whole step is `training_step` (plain PyTorch plus the renderer pool); `train_loop_per_worker`
 is the function handed to `TorchTrainer`; `run` builds the pool, the dataset and the trainer.
-Checkpoints hold model.pt / model.json (so any checkpoint is a model URI), optim.pt, state.json
-(step, metric history) and the training-curve and sample PNGs.
+Checkpoints hold model.pt / model.json (so any checkpoint is a model URI; the weights are the
+moving average of the optimiser's, `ema_decay`), online.pt (the optimiser's own weights), optim.pt,
+state.json (step, metric history) and the training-curve and sample PNGs.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -42,6 +44,7 @@ class TrainConfig:
     out: str = MISSING  # run folder/URI: checkpoints, model/, plots
     splats: str = ""  # splat store (dfd-ray fit's <out>/splats); "" = <out>/splats, fitted on demand
     supervision: str = "self"  # "self", or "gt" (GT depth: an upper bound for comparison only)
+    depth_loss: str = "rel"  # error of depth vs its teacher (splat prior, or GT): "rel" (AbsRel) or "log" (L1 of log depth)
     steps: int = 200
     batch_size: int = 2  # stacks per worker per step
     crop: int = 48  # pixels, native resolution
@@ -49,6 +52,7 @@ class TrainConfig:
     lr: float = 2e-3  # Adam's learning rate, until the first step of lr_decay_at
     lr_decay_at: list[int] = field(default_factory=list)  # steps after which the rate is multiplied by lr_decay
     lr_decay: float = 0.1  # factor per step of lr_decay_at; a resumed run follows the schedule of its config
+    ema_decay: float = 0.999  # checkpoints serve an exponential moving average of the weights; 0 = the raw weights
     seed: int = 0
     report_every: int = 10  # steps between metric reports (reports block; DESIGN §5)
     checkpoint_every: int = 50
@@ -65,6 +69,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require_choice("supervision", self.supervision, ["self", "gt"])
+        require_choice("depth_loss", self.depth_loss, ["rel", "log"])
+        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.steps >= 1 and self.batch_size >= 1 and self.crop >= 8, "steps", "steps, batch_size >= 1, crop >= 8")
         require(self.crops_per_pass >= 1, "crops_per_pass", f"must be >= 1, got {self.crops_per_pass}")
         require(self.report_every >= 1 and self.checkpoint_every >= 1, "report_every", "must be >= 1")
@@ -120,7 +126,7 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
     coc, depth = coc_flat.reshape(b, s, h, w), depth_flat.reshape(b, s, h, w)
 
     if cfg.supervision == "gt":
-        loss = losses.supervised_log_l1(depth, batch["depth"].float().expand(b, s, h, w))
+        loss = losses.supervised(depth, batch["depth"].float().expand(b, s, h, w), cfg.depth_loss)
         return loss, {"supervised": float(loss.detach())}, {"coc": coc, "depth": depth}
 
     terms: dict[str, torch.Tensor] = {}
@@ -136,7 +142,7 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
             targets.reshape(b * s, h, w, 3), [win for win in windows for _ in range(s)],
         )
         service_seconds += time.perf_counter() - t0
-        terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None])
+        terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None], cfg.depth_loss)
     terms["smooth"] = (losses.edge_aware_smoothness(torch.log(depth_flat), flat)
                        + losses.edge_aware_smoothness(coc_flat / cfg.model.max_coc_px, flat))
     weights = cfg.loss.__dict__
@@ -200,21 +206,59 @@ def _plots(history: list[dict], batch: dict, outputs: dict, folder: str) -> None
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
+class WeightAverage:
+    """Exponential moving average of a model's weights: what checkpoints serve as the model.
+
+    Late in training Adam's weights wander from step to step (held-out AbsRel swung by 0.1-0.2
+    between reports at a constant rate, docs/benchmarks.md); their average does not. The decay
+    warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a short run is not served its
+    initial weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, updates
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
+
+
+ONLINE_WEIGHTS = "online.pt"  # the optimiser's own weights (model.pt holds the served average)
+
+
 def save_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Optimizer, step: int,
-                        history: list[dict], supervision: str) -> None:
-    """model.pt + model.json (a loadable model), optim.pt and state.json into `folder`."""
-    save_model(model, folder, {"trained_steps": step, "supervision": supervision})
+                        history: list[dict], supervision: str, average: WeightAverage | None = None) -> None:
+    """model.pt + model.json (a loadable model: the weight average where there is one), online.pt
+    (the optimiser's weights), optim.pt and state.json into `folder`."""
+    served = average.model if average is not None else model
+    save_model(served, folder, {"trained_steps": step, "supervision": supervision,
+                                "weights": "ema" if average is not None else "online"})
+    torch.save(model.state_dict(), os.path.join(folder, ONLINE_WEIGHTS))
     torch.save(optimiser.state_dict(), os.path.join(folder, "optim.pt"))
     with open(os.path.join(folder, "state.json"), "w") as f:
-        json.dump({"step": step, "history": history}, f)
+        json.dump({"step": step, "history": history,
+                   "ema_updates": average.updates if average is not None else 0}, f)
 
 
-def load_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """Restore model and optimiser in place (weights_only loads); returns (step, history)."""
-    model.load_state_dict(torch.load(os.path.join(folder, "model.pt"), weights_only=True))
+def load_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Optimizer,
+                        average: WeightAverage | None = None) -> tuple[int, list[dict]]:
+    """Restore model, optimiser and weight average in place (weights_only loads); returns (step, history).
+
+    A checkpoint without online.pt (written before weight averaging) holds the optimiser's weights
+    in model.pt; its average restarts from them.
+    """
+    online = os.path.join(folder, ONLINE_WEIGHTS)
+    served = torch.load(os.path.join(folder, "model.pt"), weights_only=True)
+    model.load_state_dict(torch.load(online, weights_only=True) if os.path.exists(online) else served)
     optimiser.load_state_dict(torch.load(os.path.join(folder, "optim.pt"), weights_only=True))
     with open(os.path.join(folder, "state.json")) as f:
         state = json.load(f)
+    if average is not None:
+        average.model.load_state_dict(served)
+        average.updates = int(state.get("ema_updates", 0))
     return state["step"], state["history"]
 
 
@@ -241,11 +285,12 @@ def train_loop_per_worker(config: dict) -> None:
     rng = np.random.default_rng([cfg.seed, rank])
     model = DFDModel(cfg.model)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            step, history = load_training_state(folder, model, optimiser)
+            step, history = load_training_state(folder, model, optimiser, average)
     resumed_from = step  # 0 for a fresh run; the checkpoint's step after a restart or a resume
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if cfg.num_workers > 1 else None)
     shard = ray.train.get_dataset_shard("train")
@@ -262,6 +307,8 @@ def train_loop_per_worker(config: dict) -> None:
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             optimiser.step()
+            if average is not None:
+                average.update(model)
             logged["lr"] = optimiser.param_groups[0]["lr"]
             logged["time_step_s"] = time.perf_counter() - t0
             step += 1
@@ -277,7 +324,7 @@ def train_loop_per_worker(config: dict) -> None:
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 with tempfile.TemporaryDirectory() as folder:
                     if rank == 0:
-                        save_training_state(folder, model, optimiser, step, history, cfg.supervision)
+                        save_training_state(folder, model, optimiser, step, history, cfg.supervision, average)
                         _plots(history, batch, outputs, folder)
                     ckpt = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
                     ray.train.report(metrics, checkpoint=ckpt)

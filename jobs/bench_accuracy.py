@@ -183,7 +183,8 @@ def train_and_eval(args, root: str, supervision: str, report_every: int, prior: 
             "eval_wall_s": eval_wall + (prior["eval_wall_s"] if prior else 0.0),
             "s_per_step": seconds_per_step(history, train_wall, args.steps),
             "config": {"steps": args.steps, "batch": args.batch, "workers": args.workers, "crop": args.crop,
-                       "lr": cfg.lr, "loss": weights if supervision == "self" else "log-L1 on GT depth",
+                       "lr": cfg.lr, "loss": weights if supervision == "self" else f"{cfg.depth_loss} depth error on GT depth",
+                       "depth_loss": cfg.depth_loss, "ema_decay": cfg.ema_decay,
                        "segments": len(segments(history))}}
 
 
@@ -281,7 +282,7 @@ def check_lines(checks: list[dict]) -> list[str]:
 def curves_text(runs: dict) -> str:
     self_h = {h["step"]: h for h in runs["self"]["history"]}
     gt_h = {h["step"]: h for h in runs["gt"]["history"]}
-    lines = ["step | self total | self render | self prior | self lens_coc | self train-crop AbsRel | gt log-L1",
+    lines = ["step | self total | self render | self prior | self lens_coc | self train-crop AbsRel | gt loss",
              "---: | ---: | ---: | ---: | ---: | ---: | ---:"]
     for step in sorted(set(self_h) | set(gt_h)):
         s, g = self_h.get(step, {}), gt_h.get(step, {})
@@ -314,7 +315,7 @@ def plot(runs: dict, const_abs_rel: float, dff_abs_rel: float, path: str) -> Non
     ax.legend(fontsize=7)
     ax = axes[1]
     g = runs["gt"]["history"]
-    ax.plot([r["step"] for r in g], [r["total"] for r in g], label="gt: log-L1 loss")
+    ax.plot([r["step"] for r in g], [r["total"] for r in g], label="gt: depth loss on GT")
     ax.plot(steps, [r.get("monitor_abs_rel", np.nan) for r in h], label="self: AbsRel on train crops (monitor)")
     ax.axhline(const_abs_rel, ls="--", c="grey", label="best constant, held-out AbsRel")
     ax.set_title("supervised loss and self-supervised train-crop AbsRel", fontsize=9)

@@ -78,24 +78,72 @@ def test_depthnet_refines_a_given_prior_and_ignores_a_dropped_one():
 def test_training_state_round_trip_is_exact(tmp_path):
     model = DFDModel(ModelConfig())
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    out = model(torch.rand(1, 3, 16, 16), *(torch.tensor([v]) for v in (0.3, 2.9e-3, 1.0, 12e-6)))
-    (out[1].mean() + out[0].mean()).backward()
-    optimiser.step()
-    train.save_training_state(str(tmp_path), model, optimiser, 7, [{"step": 7}], "self")
+    average = train.WeightAverage(model, 0.9)
+    for _ in range(2):
+        out = model(torch.rand(1, 3, 16, 16), *(torch.tensor([v]) for v in (0.3, 2.9e-3, 1.0, 12e-6)))
+        (out[1].mean() + out[0].mean()).backward()
+        optimiser.step()
+        average.update(model)
+    train.save_training_state(str(tmp_path), model, optimiser, 7, [{"step": 7}], "self", average)
     fresh = DFDModel(ModelConfig())
     fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
-    step, history = train.load_training_state(str(tmp_path), fresh, fresh_opt)
-    assert step == 7 and history == [{"step": 7}]
+    fresh_average = train.WeightAverage(fresh, 0.9)
+    step, history = train.load_training_state(str(tmp_path), fresh, fresh_opt, fresh_average)
+    assert step == 7 and history == [{"step": 7}] and fresh_average.updates == 2
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(average.model.state_dict().values(), fresh_average.model.state_dict().values()):
         assert torch.equal(a, b)
     sa, sb = optimiser.state_dict()["state"], fresh_opt.state_dict()["state"]
     assert sa.keys() == sb.keys()
     for k in sa:
         for name in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(sa[k][name], sb[k][name])
-    loaded, meta = load_model(str(tmp_path))
-    assert meta["trained_steps"] == 7
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    loaded, meta = load_model(str(tmp_path))  # a checkpoint serves the average, not the online weights
+    assert meta["trained_steps"] == 7 and meta["weights"] == "ema"
+    assert all(torch.equal(a, b) for a, b in zip(average.model.state_dict().values(), loaded.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_weight_average_warms_up_then_decays():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = train.WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average.update(model)  # decay min(0.5, 2/11): 0 + (1 - 2/11) * (1 - 0)
+    assert float(average.model.weight) == pytest.approx(9 / 11)
+    for _ in range(20):
+        average.update(model)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    before = float(average.model.weight)
+    average.update(model)  # past the warm-up: decay 0.5
+    assert float(average.model.weight) == pytest.approx(0.5 * before + 0.5 * 3.0)
+    assert not average.model.weight.requires_grad and average.updates == 22
+
+
+def test_depth_error_kinds_and_their_minimisers():
+    d, t = torch.tensor([0.2, 1.0]), torch.tensor([0.1, 2.0])
+    assert losses.depth_error(d, t, "rel").tolist() == pytest.approx([1.0, 0.5])
+    assert losses.depth_error(d, t, "log").tolist() == pytest.approx([np.log(2), np.log(2)])
+    with pytest.raises(ValueError, match="'abs'"):
+        losses.depth_error(d, t, "abs")
+    # One pixel whose depth is 0.12 m or 0.5 m with equal odds (which side of the focus plane):
+    # "rel" picks the near depth (expected AbsRel 0.5 * 0.38 / 0.5 = 0.38, against 1.58 for 0.5 m);
+    # "log" is flat between the two.
+    targets = torch.tensor([0.12, 0.5])
+    grid = torch.linspace(0.1, 0.6, 501)
+    rel = torch.stack([losses.depth_error(g.expand(2), targets, "rel").mean() for g in grid])
+    assert float(grid[rel.argmin()]) == pytest.approx(0.12, abs=1e-3)
+    log = torch.stack([losses.depth_error(g.expand(2), targets, "log").mean() for g in grid])
+    inside = (grid >= 0.12) & (grid <= 0.5)
+    assert float(log[inside].max() - log[inside].min()) < 1e-5
+    # the splat prior weighs the error by the fit's confidence; GT supervision skips invalid pixels
+    conf = torch.tensor([1.0, 0.0])
+    assert float(losses.splat_prior(d, t, conf, "rel")) == pytest.approx(0.5)
+    assert float(losses.supervised(d, torch.tensor([0.1, 0.0]), "rel")) == pytest.approx(1.0)
 
 
 def test_too_few_stacks_for_the_workers_fails_before_cluster_work(data, splats, tmp_path):
