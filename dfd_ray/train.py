@@ -2,8 +2,8 @@
 
 The whole step is `training_step` (plain PyTorch plus the renderer pool); `train_loop_per_worker`
 is the function handed to `TorchTrainer`; `run` builds the pool, the dataset and the trainer.
-Checkpoints hold model.pt / model.json (so any checkpoint is a model URI; the weights are the
-moving average of the optimiser's, `ema_decay`), online.pt (the optimiser's own weights), optim.pt,
+Checkpoints hold model.pt / model.json (so any checkpoint is a model URI; with `ema_decay` > 0 the
+weights are the moving average of the optimiser's), online.pt (the optimiser's own weights), optim.pt,
 state.json (step, metric history) and the training-curve and sample PNGs.
 """
 
@@ -44,7 +44,7 @@ class TrainConfig:
     out: str = MISSING  # run folder/URI: checkpoints, model/, plots
     splats: str = ""  # splat store (dfd-ray fit's <out>/splats); "" = <out>/splats, fitted on demand
     supervision: str = "self"  # "self", or "gt" (GT depth: an upper bound for comparison only)
-    depth_loss: str = "rel"  # error of depth vs its teacher (splat prior, or GT): "rel" (AbsRel) or "log" (L1 of log depth)
+    depth_loss: str = "log"  # error of depth vs its teacher (splat prior, or GT): "log" (L1 of log depth) or "rel" (AbsRel)
     steps: int = 200
     batch_size: int = 2  # stacks per worker per step
     crop: int = 48  # pixels, native resolution
@@ -52,7 +52,7 @@ class TrainConfig:
     lr: float = 2e-3  # Adam's learning rate, until the first step of lr_decay_at
     lr_decay_at: list[int] = field(default_factory=list)  # steps after which the rate is multiplied by lr_decay
     lr_decay: float = 0.1  # factor per step of lr_decay_at; a resumed run follows the schedule of its config
-    ema_decay: float = 0.999  # checkpoints serve an exponential moving average of the weights; 0 = the raw weights
+    ema_decay: float = 0.0  # > 0: checkpoints serve an exponential moving average of the weights (e.g. 0.999)
     seed: int = 0
     report_every: int = 10  # steps between metric reports (reports block; DESIGN §5)
     checkpoint_every: int = 50
@@ -209,8 +209,9 @@ def _plots(history: list[dict], batch: dict, outputs: dict, folder: str) -> None
 class WeightAverage:
     """Exponential moving average of a model's weights: what checkpoints serve as the model.
 
-    Late in training Adam's weights wander from step to step (held-out AbsRel swung by 0.1-0.2
-    between reports at a constant rate, docs/benchmarks.md); their average does not. The decay
+    Meant for the late swings of Adam's weights (held-out AbsRel moved by 0.1-0.2 between reports
+    at a constant rate, docs/benchmarks.md); measured only on a run that never left the
+    predict-a-constant plateau, where it made no difference (docs/benchmarks.md). The decay
     warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a short run is not served its
     initial weights.
     """
