@@ -47,7 +47,7 @@ def depth_error(depth: torch.Tensor, target: torch.Tensor, kind: str) -> torch.T
 
 
 def splat_prior(depth: torch.Tensor, splat_depth: torch.Tensor, confidence: torch.Tensor,
-                kind: str = "rel") -> torch.Tensor:
+                kind: str) -> torch.Tensor:
     """Confidence-weighted depth error against the splat depth: the scene fit as a teacher where it is sure."""
     return (confidence * depth_error(depth, splat_depth.clamp_min(1e-3), kind)).mean()
 
@@ -64,7 +64,7 @@ def edge_aware_smoothness(value: torch.Tensor, image: torch.Tensor) -> torch.Ten
     return (dx_v * torch.exp(-10 * dx_i)).mean() + (dy_v * torch.exp(-10 * dy_i)).mean()
 
 
-def supervised(depth: torch.Tensor, gt: torch.Tensor, kind: str = "rel") -> torch.Tensor:
+def supervised(depth: torch.Tensor, gt: torch.Tensor, kind: str) -> torch.Tensor:
     """Depth error against GT over valid GT pixels (gt > 0): the supervised upper bound's loss."""
     valid = gt > 0
     if not valid.any():

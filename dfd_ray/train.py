@@ -3,7 +3,7 @@
 The whole step is `training_step` (plain PyTorch plus the renderer pool); `train_loop_per_worker`
 is the function handed to `TorchTrainer`; `run` builds the pool, the dataset and the trainer.
 Checkpoints hold model.pt / model.json (so any checkpoint is a model URI; with `ema_decay` > 0 the
-weights are the moving average of the optimiser's), online.pt (the optimiser's own weights), optim.pt,
+weights are the moving average of the optimiser's, which are then kept in online.pt), optim.pt,
 state.json (step, metric history) and the training-curve and sample PNGs.
 """
 
@@ -216,9 +216,9 @@ class WeightAverage:
     initial weights.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.updates = decay, updates
+        self.decay, self.updates = decay, 0
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
@@ -227,17 +227,18 @@ class WeightAverage:
         torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
-ONLINE_WEIGHTS = "online.pt"  # the optimiser's own weights (model.pt holds the served average)
+ONLINE_WEIGHTS = "online.pt"  # the optimiser's own weights, where model.pt holds the served average
 
 
 def save_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Optimizer, step: int,
                         history: list[dict], supervision: str, average: WeightAverage | None = None) -> None:
-    """model.pt + model.json (a loadable model: the weight average where there is one), online.pt
-    (the optimiser's weights), optim.pt and state.json into `folder`."""
+    """model.pt + model.json (a loadable model: the weight average where there is one, with the
+    optimiser's weights in online.pt beside it), optim.pt and state.json into `folder`."""
     served = average.model if average is not None else model
     save_model(served, folder, {"trained_steps": step, "supervision": supervision,
                                 "weights": "ema" if average is not None else "online"})
-    torch.save(model.state_dict(), os.path.join(folder, ONLINE_WEIGHTS))
+    if average is not None:
+        torch.save(model.state_dict(), os.path.join(folder, ONLINE_WEIGHTS))
     torch.save(optimiser.state_dict(), os.path.join(folder, "optim.pt"))
     with open(os.path.join(folder, "state.json"), "w") as f:
         json.dump({"step": step, "history": history,
@@ -248,8 +249,8 @@ def load_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Opt
                         average: WeightAverage | None = None) -> tuple[int, list[dict]]:
     """Restore model, optimiser and weight average in place (weights_only loads); returns (step, history).
 
-    A checkpoint without online.pt (written before weight averaging) holds the optimiser's weights
-    in model.pt; its average restarts from them.
+    A checkpoint without online.pt (written without weight averaging) holds the optimiser's
+    weights in model.pt; an average switched on at resume starts from them.
     """
     online = os.path.join(folder, ONLINE_WEIGHTS)
     served = torch.load(os.path.join(folder, "model.pt"), weights_only=True)

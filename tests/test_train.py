@@ -105,6 +105,19 @@ def test_training_state_round_trip_is_exact(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
+def test_checkpoint_without_average_holds_the_weights_once_and_an_average_can_start_from_it(tmp_path):
+    model = DFDModel(ModelConfig())
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train.save_training_state(str(tmp_path), model, optimiser, 3, [], "gt")
+    assert not (tmp_path / train.ONLINE_WEIGHTS).exists()  # model.pt is the optimiser's weights
+    fresh = DFDModel(ModelConfig())
+    average = train.WeightAverage(fresh, 0.9)
+    assert train.load_training_state(str(tmp_path), fresh, torch.optim.Adam(fresh.parameters()), average)[0] == 3
+    for a, b, c in zip(model.state_dict().values(), fresh.state_dict().values(), average.model.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert average.updates == 0 and load_model(str(tmp_path))[1]["weights"] == "online"
+
+
 def test_weight_average_warms_up_then_decays():
     model = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
@@ -131,7 +144,8 @@ def test_depth_error_kinds_and_their_minimisers():
     with pytest.raises(ValueError, match="'abs'"):
         losses.depth_error(d, t, "abs")
     # One pixel whose depth is 0.12 m or 0.5 m with equal odds (which side of the focus plane):
-    # "rel" picks the near depth (expected AbsRel 0.5 * 0.38 / 0.5 = 0.38, against 1.58 for 0.5 m);
+    # "rel" picks the near depth (expected AbsRel 0.5 * 0.38 / 0.5 = 0.38, against 0.5 * 0.38 / 0.12
+    # = 1.58 for 0.5 m);
     # "log" is flat between the two.
     targets = torch.tensor([0.12, 0.5])
     grid = torch.linspace(0.1, 0.6, 501)
@@ -198,7 +212,9 @@ def test_learning_rate_steps_down_after_each_decay_step():
 
 
 @pytest.mark.parametrize("override, key", [("lr_decay=0", "lr_decay"), ("lr_decay=1.5", "lr_decay"),
-                                           ("lr_decay_at=[0]", "lr_decay_at"), ("lr=0", "lr")])
+                                           ("lr_decay_at=[0]", "lr_decay_at"), ("lr=0", "lr"),
+                                           ("ema_decay=1", "ema_decay"), ("ema_decay=-0.1", "ema_decay"),
+                                           ("depth_loss=abs", "depth_loss")])
 def test_bad_learning_rate_schedule_is_a_config_error(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config(train.TrainConfig, ["data=d", "out=o", override])
