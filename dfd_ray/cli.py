@@ -5,6 +5,7 @@
     dfd-ray show URI --out FILE.png [key=value ...]
     dfd-ray import {fod500,nyuv2,stacks} SRC --out URI [key=value ...]
     dfd-ray fit --data URI --out URI [fit.steps=...]
+    dfd-ray teach --data URI [splats=URI]
     dfd-ray train --data URI --out URI [steps=...]
     dfd-ray eval --model URI --data URI --out DIR
     dfd-ray infer --model URI --input URI --out URI [manifest=URI] [camera.f_number=...]
@@ -45,6 +46,8 @@ COMMANDS: dict[str, Command] = {
     "validate": Command("dfd_ray.validate", "ValidateConfig", "list every problem in a dataset", "uri", False),
     "show": Command("dfd_ray.contact_sheet", "ShowConfig", "contact sheet PNG of some stacks", "uri"),
     "fit": Command("dfd_ray.fit_job", "FitJobConfig", "fit Gaussian splats to every scene (Ray tasks)", data_flag=True),
+    "teach": Command("dfd_ray.teachers", "TeachConfig", "defocus-map teachers for every training scene (Ray tasks)",
+                     out_flag=False, data_flag=True),
     "train": Command("dfd_ray.train", "TrainConfig", "train SDNet + DepthNet (Ray Train)", data_flag=True),
     "eval": Command("dfd_ray.evaluate", "EvalConfig", "depth metrics of a model on held-out stacks", data_flag=True, model_flag=True),
     "infer": Command("dfd_ray.infer", "InferConfig", "depth for every photo under a prefix (Ray Data batch job)",

@@ -6,9 +6,10 @@ Modes, on full images (the networks are fully convolutional):
             GT depth through the thin lens): how well SDNet reads blur; and where the depth error
             comes from (`metrics.side_metrics`): the blur's size or the side of the focus plane
             the depth is put on (equal blur has one depth on each side);
-    fused   one depth per stack: the geometric mean of its single-slice predictions, each made
-            with the scene fit's depth as DepthNet's prior input where splats are available
-            (`splats=` a store, or `fit_at_test=true`).
+    fused   one depth per stack, through the lens: the depth that best explains every slice's
+            CoC map (`DFDModel.fuse`: the slices' likelihoods multiplied), which settles the side
+            of the focus plane physically; and, where splats are available (`splats=` a store, or
+            `fit_at_test=true`), the same with the scene fit's depth as one more factor.
 Beside them: the classical depth-from-focus baseline and the splat depths themselves. Metrics
 per image over valid GT (DESIGN §6), then averaged; `DIR/metrics.json` and `DIR/metrics.md`.
 """
@@ -34,7 +35,7 @@ from dfd_ray.splat.scene import load_splats, splat_uri
 
 @dataclass
 class EvalConfig:
-    model: str = MISSING  # model or checkpoint URI (model.pt + model.json)
+    model: str = ""  # model or checkpoint URI (model.pt + model.json); "" = the shipped fod500 model
     data: str = MISSING  # dataset root (its test/ is used) or a prefix
     out: str = MISSING  # folder/URI for metrics.json and metrics.md
     splats: str = ""  # splat store with the test scenes' fits ("" = none)
@@ -57,17 +58,18 @@ def eval_prefix(data: str) -> str:
 
 @torch.no_grad()
 def predict_slices(model, stack: focalstack.FocalStack, prior: tuple[np.ndarray, np.ndarray] | None = None,
-                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(CoC px, depth m), each (S, H, W): every slice predicted on its own."""
+                   device: str = "cpu") -> dict[str, np.ndarray]:
+    """Every slice predicted on its own, (S, H, W) each: coc [px] and depth [m]; and `fused` (H, W) [m]:
+    the depth that best explains all the slices' CoC maps through the lens (`DFDModel.fuse`), with the
+    splat `prior` (depth, confidence) as one more factor where given."""
     images = torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2).to(device)
     s = images.shape[0]
     lens = [torch.full((s,), float(v), device=device) for v in (stack.focal_length, stack.f_number, stack.pixel_size)]
     focus = torch.from_numpy(stack.focus_distances.astype(np.float32)).to(device)
-    prior_args = ()
-    if prior is not None:
-        prior_args = tuple(torch.from_numpy(p.astype(np.float32))[None].expand(s, -1, -1).to(device) for p in prior)
-    coc, depth = model(images, focus, *lens, *prior_args)
-    return coc.cpu().numpy(), depth.cpu().numpy()
+    out = model(images, focus, *lens)
+    prior_args = tuple(torch.from_numpy(p.astype(np.float32)).to(device) for p in prior) if prior is not None else ()
+    fused = model.fuse(out["log_likelihood"], *prior_args)
+    return {"coc": out["coc"].cpu().numpy(), "depth": out["depth"].cpu().numpy(), "fused": fused.cpu().numpy()}
 
 
 def _splat_prior(cfg: EvalConfig, stack: focalstack.FocalStack) -> tuple[np.ndarray, np.ndarray] | None:
@@ -94,7 +96,8 @@ def _table(report: dict) -> str:
     row("single (one slice)", report["single"]["overall"])
     for s, m in report["single"]["per_focus_distance"].items():
         row(f"single, s = {s} m", m)
-    row("fused (whole stack)", report["fused"]["overall"])
+    row("fused through the lens (whole stack)", report["fused"]["overall"])
+    row("fused through the lens + splat fit", report["fused_splat"]["overall"])
     row("depth from focus (classical)", report["dff"]["overall"])
     row("splat fit", report["splat"]["overall"])
     lines += ["", "| single-slice defocus map | images | CoC MAE [px] | mean GT CoC [px] |", "|---|---|---|---|"]
@@ -115,10 +118,10 @@ def run(cfg: EvalConfig) -> dict:
     try:
         model, meta = load_model(cfg.model, cfg.device)
         prefix = eval_prefix(cfg.data)
-    except (FileNotFoundError, focalstack.DatasetError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # a DatasetError or a model of another architecture
         raise ConfigError(str(exc)) from None
     save_config(cfg, cfg.out)
-    single, per_s, coc_per_s, side_per_s, fused, dff, splat = [], {}, {}, {}, [], [], []
+    single, per_s, coc_per_s, side_per_s, fused, splat_fused, dff, splat = [], {}, {}, {}, [], [], [], []
     depth_range = (model.cfg.min_depth, model.cfg.max_depth)
     for index, stack in enumerate(focalstack.read_stacks(prefix)):
         if cfg.max_stacks and index >= cfg.max_stacks:
@@ -126,8 +129,8 @@ def run(cfg: EvalConfig) -> dict:
         if stack.depth is None:
             continue
         gt = stack.depth
-        cocs, depths = predict_slices(model, stack, device=cfg.device)
-        for s, c, d in zip(stack.focus_distances, cocs, depths):
+        pred = predict_slices(model, stack, device=cfg.device)
+        for s, c, d in zip(stack.focus_distances, pred["coc"], pred["depth"]):
             key = f"{float(s):g}"
             m = depth_metrics(d, gt, cfg.max_depth)
             single.append(m)
@@ -136,11 +139,11 @@ def run(cfg: EvalConfig) -> dict:
             coc_per_s.setdefault(key, []).append(coc_metrics(c, gt_coc, gt, cfg.max_depth))
             gain = coc_gain_px(float(s), float(stack.focal_length), float(stack.f_number), float(stack.pixel_size))
             side_per_s.setdefault(key, []).append(side_metrics(d, c, gt, float(s), gain, depth_range, cfg.max_depth))
+        fused.append(depth_metrics(pred["fused"], gt, cfg.max_depth))
         prior = _splat_prior(cfg, stack)
         if prior is not None:
-            _, depths = predict_slices(model, stack, prior, cfg.device)
+            splat_fused.append(depth_metrics(predict_slices(model, stack, prior, cfg.device)["fused"], gt, cfg.max_depth))
             splat.append(depth_metrics(prior[0], gt, cfg.max_depth))
-        fused.append(depth_metrics(np.exp(np.log(depths).mean(0)), gt, cfg.max_depth))
         dff.append(depth_metrics(depth_from_focus(stack.images_float(), stack.focus_distances)[0], gt, cfg.max_depth))
     if not single:
         raise ConfigError(f"config key 'data': no stack with GT depth under {prefix}")
@@ -155,7 +158,8 @@ def run(cfg: EvalConfig) -> dict:
                               "per_focus_distance": {s: mean_metrics(v, COC_KEYS) for s, v in coc_per_s.items()}},
                    "side": {"overall": mean_metrics(sum(side_per_s.values(), []), SIDE_KEYS),
                             "per_focus_distance": {s: mean_metrics(v, SIDE_KEYS) for s, v in side_per_s.items()}}},
-        "fused": {"overall": mean_metrics(fused), "uses_splats": bool(splat)},
+        "fused": {"overall": mean_metrics(fused)},
+        "fused_splat": {"overall": mean_metrics(splat_fused) if splat_fused else {}},
         "dff": {"overall": mean_metrics(dff)},
         "splat": {"overall": mean_metrics(splat) if splat else {}},
     }

@@ -60,7 +60,7 @@ class CameraDefaults:
 
 @dataclass
 class InferConfig:
-    model: str = MISSING  # model or checkpoint URI (model.pt + model.json)
+    model: str = ""  # model or checkpoint URI (model.pt + model.json); "" = the shipped fod500 model
     input: str = MISSING  # prefix of photos (recursive) or a focal-stack Parquet dataset
     out: str = MISSING  # depth PNGs, previews, manifest and errors tables
     manifest: str = ""  # CSV / JSON lines / Parquet: path, focus_distance, focal_length, f_number, pixel_size[, scene_id]
@@ -156,7 +156,7 @@ class DepthPredictor:
         self.tile, self.overlap, self.batch_size, self.device = tile, overlap, batch_size, device
 
     def _forward(self, images, lens):
-        return self.model(images, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])[1]
+        return self.model(images, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])["depth"]
 
     def _predict(self, rows: list[int], batch: dict) -> tuple[list[np.ndarray], list[int]]:
         from dfd_ray.tiling import predict_tiled
@@ -267,11 +267,15 @@ def fuse_scene(group: dict, out: str) -> dict:
 # --- the driver -------------------------------------------------------------------------------
 
 def _model_id(model: str) -> str:
+    from dfd_ray.models.store import WEIGHTS, read_meta
+
     try:
-        weights = storage.read_bytes(storage.join(model, "model.pt"))
-        storage.read_bytes(storage.join(model, "model.json"))
+        read_meta(model)
+        weights = storage.read_bytes(storage.join(model, WEIGHTS))
     except FileNotFoundError:
         raise ConfigError(f"config key 'model': {model} holds no model.pt + model.json (a dfd-ray model or checkpoint)") from None
+    except ValueError as exc:
+        raise ConfigError(f"config key 'model': {exc}") from None
     return hashlib.sha256(weights).hexdigest()[:12]
 
 
@@ -347,6 +351,9 @@ def run(cfg: InferConfig) -> dict:
         cfg.input = os.path.abspath(cfg.input.removeprefix("file://"))
     if storage.is_local(cfg.out):
         cfg.out = os.path.abspath(cfg.out.removeprefix("file://"))
+    from dfd_ray.models.store import model_uri
+
+    cfg.model = model_uri(cfg.model)
     model_id = _model_id(cfg.model)
     kind, items, ignored = _inputs(cfg)
     try:

@@ -64,9 +64,25 @@ def edge_aware_smoothness(value: torch.Tensor, image: torch.Tensor) -> torch.Ten
     return (dx_v * torch.exp(-10 * dx_i)).mean() + (dy_v * torch.exp(-10 * dy_i)).mean()
 
 
-def supervised(depth: torch.Tensor, gt: torch.Tensor, kind: str) -> torch.Tensor:
-    """Depth error against GT over valid GT pixels (gt > 0): the supervised upper bound's loss."""
-    valid = gt > 0
-    if not valid.any():
-        return depth.sum() * 0
-    return depth_error(depth[valid], gt[valid], kind).mean()
+def _weighted_mean(value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (weight * value).sum() / weight.sum().clamp_min(1e-6)
+
+
+def coc_teacher(coc: torch.Tensor, scale: torch.Tensor, target: torch.Tensor,
+                confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CoC term, scale term): the defocus-map teacher, confidence-weighted over pixels.
+
+    CoC term: |c - c_t| (pixels), so that SDNet's CoC is the teacher's conditional median.
+    Scale term: the Laplace negative log-likelihood |c - c_t| / b + log b of the predicted error
+    scale b with c held fixed, so that b learns how far off c is without slowing c's own loss
+    where the blur is hard to read. All maps (B, S, H, W) or broadcastable.
+    """
+    err = (coc - target).abs()
+    return _weighted_mean(err, confidence), _weighted_mean(err.detach() / scale + torch.log(scale), confidence)
+
+
+def side_teacher(near_logit: torch.Tensor, near: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted binary cross-entropy of a log-odds of being in front of the focus plane against
+    the teacher's side `near` (1 in front, 0 behind)."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(near_logit, near, reduction="none")
+    return _weighted_mean(bce, weight)

@@ -114,3 +114,18 @@ def mean_metrics(per_image: Iterable[dict[str, float]], keys: tuple[str, ...] = 
         return float(np.mean(values)) if values else float("nan")
 
     return {k: mean(k) for k in keys} | {"images": len(rows)}
+
+
+def best_constant(depths: Iterable[np.ndarray], max_depth: float | None = None) -> tuple[float, int]:
+    """The constant depth c minimising mean |d - c| / d over the valid pixels of `depths` (metres),
+    and the pixel count: the floor a depth model must clear (docs/design.md §6).
+
+    sum_i |d_i - c| / d_i = sum_i w_i |d_i - c| with w_i = 1 / d_i is piecewise linear and convex in
+    c; its minimum is the weighted median: the smallest sorted d_k whose cumulative weight reaches
+    half the total.
+    """
+    d = np.sort(np.concatenate([g[valid_mask(g, max_depth)].astype(np.float64).ravel() for g in depths]))
+    if d.size == 0:
+        raise ValueError("no valid GT pixel to take the best constant depth over")
+    cum = np.cumsum(1.0 / d)
+    return float(d[int(np.searchsorted(cum, 0.5 * cum[-1], side="left"))]), int(d.size)

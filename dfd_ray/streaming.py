@@ -25,6 +25,12 @@ A sample is a dict of numpy arrays (batched: with a leading batch axis B):
     image_size       int32   (2,)          full image height, width in pixels
     scene_id         uint8   (SCENE_ID_BYTES,)  UTF-8, zero padded; decode with `scene_ids()`
 
+With teachers (`ray_dataset(..., teachers=True)`: the scene's `dfd_ray.teachers` sidecar, cut
+and flipped with the same window):
+
+    teacher_depth    float32 (1, h, w)     metres
+    teacher_conf     float32 (1, h, w)     in [0, 1]
+
 `crop_box`, `flipped` and `image_size` let a renderer that models the whole scene (the splat actors)
 render exactly the window a sample shows. `scene_id` is bytes rather than a string because Ray's
 default torch collate rejects string columns; `scene_ids(batch)` turns it back into strings.
@@ -39,6 +45,7 @@ entropy instead.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
@@ -190,10 +197,12 @@ def make_sample(
     rng: np.random.Generator,
     flip: bool = True,
     where: str = "",
+    teacher: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """One training sample: a random crop (pixels, native resolution) and random flips, identical
-    for every slice and the depth map. `crop` is a side, (height, width), or 0/None for the full
-    image. `where` (e.g. the dataset URI) goes into error messages.
+    for every slice, the depth map and the `teacher` (depth, confidence) maps where given. `crop`
+    is a side, (height, width), or 0/None for the full image. `where` (e.g. the dataset URI) goes
+    into error messages.
     """
     H, W = stack.height, stack.width
     h, w = _crop_size(crop, H, W)
@@ -212,19 +221,27 @@ def make_sample(
     flip_v, flip_h = (rng.random(2) < 0.5) & flip
 
     images = stack.images[:, top : top + h, left : left + w]  # (S, h, w, 3), still integer
-    depth = stack.depth[top : top + h, left : left + w] if stack.depth is not None else None
+    maps = {"depth": stack.depth} if stack.depth is not None else {}
+    if teacher is not None:
+        if teacher[0].shape != (H, W):
+            raise DatasetError(f"{where}: scene {stack.scene_id!r}: teacher maps are {teacher[0].shape}, "
+                               f"the stack {H}x{W}: recompute the teachers (dfd-ray teach ... overwrite=true)")
+        maps |= {"teacher_depth": teacher[0], "teacher_conf": teacher[1]}
+    maps = {k: m[top : top + h, left : left + w] for k, m in maps.items()}
     if flip_v:
         images = images[:, ::-1]
-        depth = depth[::-1] if depth is not None else None
+        maps = {k: m[::-1] for k, m in maps.items()}
     if flip_h:
         images = images[:, :, ::-1]
-        depth = depth[:, ::-1] if depth is not None else None
+        maps = {k: m[:, ::-1] for k, m in maps.items()}
+    depth = maps.pop("depth", None)
     images = np.ascontiguousarray(focalstack.to_float(images).transpose(0, 3, 1, 2))
     if depth is None:
         depth_out = np.zeros((1, h, w), dtype=np.float32)
     else:
         depth_out = np.ascontiguousarray(depth, dtype=np.float32)[None]
-    return {
+    teacher_maps = {k: np.ascontiguousarray(m, dtype=np.float32)[None] for k, m in maps.items()}
+    return teacher_maps | {
         "images": images,
         "focus_distances": np.asarray(stack.focus_distances, dtype=np.float32),
         "depth": depth_out,
@@ -267,23 +284,49 @@ def _checked_shards(uri: str) -> list[tuple[str, int]]:
 
 # --- Ray Data -------------------------------------------------------------------------------
 
+_SIDECARS: dict[str, dict] = {}  # per worker process: the teacher sidecars it has read, newest last
+_SIDECARS_KEPT = 8
+
+
+def _teacher_of(sidecar: str, scene_id: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    from dfd_ray import teachers
+
+    if sidecar not in _SIDECARS:
+        try:
+            _SIDECARS[sidecar] = teachers.read_sidecar(sidecar)
+        except FileNotFoundError:
+            raise DatasetError(f"{where}: no teacher sidecar {sidecar}: run dfd-ray teach --data ...") from None
+        while len(_SIDECARS) > _SIDECARS_KEPT:
+            _SIDECARS.pop(next(iter(_SIDECARS)))
+    if scene_id not in _SIDECARS[sidecar]:
+        raise DatasetError(f"{where}: scene {scene_id!r} is not in its teacher sidecar {sidecar}: recompute it "
+                           "(dfd-ray teach ... overwrite=true)")
+    return _SIDECARS[sidecar][scene_id]
+
+
 def _ray_samples(
-    batch: pa.Table, *, uri: str, crop: int, flip: bool, seed: int | None, reseed: bool, crops_per_pass: int
+    batch: pa.Table, *, uri: str, crop: int, flip: bool, seed: int | None, reseed: bool, crops_per_pass: int,
+    sidecars: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Ray `map_batches` body: decode, validate and augment a block of Parquet rows."""
+    """Ray `map_batches` body: decode, validate and augment a block of Parquet rows; `sidecars`
+    (shard file name → teacher sidecar URI) adds the teacher maps."""
     from ray.data import DataContext
 
     # Ray Data counts executions of a dataset (one per epoch of iteration) and hands the counter
     # to its tasks; it is a private field, so a Ray without it falls back to repeating epoch 0.
     epoch = int(getattr(DataContext.get_current(), "_execution_idx", 0)) if reseed else 0
-    stacks = []
+    stacks, teacher_maps = [], []
     for row in batch.to_pylist():
-        where = f"{uri} (shard {row.pop('path', '?')})"
+        path = row.pop("path", "?")
+        where = f"{uri} (shard {path})"
         stacks.append(focalstack.row_to_stack(row, where=where))
+        if sidecars is not None:
+            teacher_maps.append(_teacher_of(sidecars[posixpath.basename(path)], stacks[-1].scene_id, where))
     samples = [
-        make_sample(stack, crop, sample_rng(seed, epoch * crops_per_pass + repeat, stack.scene_id), flip=flip, where=uri)
+        make_sample(stack, crop, sample_rng(seed, epoch * crops_per_pass + repeat, stack.scene_id), flip=flip,
+                    where=uri, teacher=teacher_maps[i] if sidecars is not None else None)
         for repeat in range(crops_per_pass)
-        for stack in stacks
+        for i, stack in enumerate(stacks)
     ]
     if not samples:
         return {}
@@ -302,6 +345,7 @@ def ray_dataset(
     read_num_cpus: float = 0.25,
     map_batch_size: int = 8,
     crops_per_pass: int = 1,
+    teachers: bool = False,
 ) -> ray.data.Dataset:
     """A Ray Dataset of training samples (module docstring) from the focal-stack prefix `uri`.
 
@@ -309,7 +353,8 @@ def ray_dataset(
     credentials on their own node, as every Ray Data reader does). Schemas are checked here, before
     anything runs; a bad row fails the pipeline with a `DatasetError` naming the dataset, shard
     and scene. Feed it to `TorchTrainer(datasets=...)` and iterate
-    `get_dataset_shard(...).iter_torch_batches(batch_size=...)`.
+    `get_dataset_shard(...).iter_torch_batches(batch_size=...)`. `teachers=True` adds each
+    scene's teacher maps from its shard's sidecar (`dfd_ray.teachers`; computed beforehand).
     """
     cfg = StreamConfig(
         crop=crop,
@@ -322,14 +367,19 @@ def ray_dataset(
         map_batch_size=map_batch_size,
         crops_per_pass=crops_per_pass,
     )
-    return _ray_dataset(uri, cfg)
+    return _ray_dataset(uri, cfg, teachers)
 
 
-def _ray_dataset(uri: str, cfg: StreamConfig) -> ray.data.Dataset:
+def _ray_dataset(uri: str, cfg: StreamConfig, teachers: bool = False) -> ray.data.Dataset:
     import ray.data
     from ray.data._internal.random_config import RandomSeedConfig
 
     shards = [shard for shard, _ in _checked_shards(uri)]
+    sidecars = None
+    if teachers:
+        from dfd_ray.teachers import sidecar_uri
+
+        sidecars = {posixpath.basename(shard): sidecar_uri(shard) for shard in shards}
     fs, _ = storage.arrow_filesystem(uri)
     file_shuffle = None
     if cfg.shuffle in ("files", "rows"):
@@ -359,6 +409,7 @@ def _ray_dataset(uri: str, cfg: StreamConfig) -> ray.data.Dataset:
             "seed": cfg.seed,
             "reseed": cfg.reseed_each_epoch,
             "crops_per_pass": cfg.crops_per_pass,
+            "sidecars": sidecars,
         },
     )
     # Without this Ray wraps a DatasetError from a row in a generic UserCodeException; with it the

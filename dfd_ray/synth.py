@@ -29,6 +29,7 @@ from dfd_ray.focalstack import FocalStack, stack_to_row, write_stacks
 class SynthConfig:
     out: str = MISSING  # dataset root URI; train/ and test/ are written under it
     preset: str = "fod500"  # camera preset: lens, pitch, focus distances
+    f_number: float | None = None  # None takes the preset's; another aperture is another camera (blur scales with 1/N)
     n_scenes: int = 16  # training stacks
     n_test: int = 4  # held-out stacks
     height: int = 128  # pixels (field of view at the preset's pitch)
@@ -51,6 +52,7 @@ class SynthConfig:
         require(0.0 <= self.slant_probability <= 1.0, "slant_probability", "must lie in [0, 1]")
         require(self.noise_std >= 0.0, "noise_std", "must be >= 0")
         require(self.bin_px > 0.0, "bin_px", "must be > 0")
+        require(self.f_number is None or self.f_number > 0, "f_number", f"must be > 0, got {self.f_number}")
         require(self.shard_size >= 1, "shard_size", "must be >= 1")
         lo, hi = self.depth_range()
         require(0 < lo < hi, "min_depth", f"need 0 < min_depth < max_depth, got {lo} and {hi}")
@@ -162,6 +164,8 @@ def make_scene(cfg: SynthConfig, index: int, split: str) -> FocalStack:
     split_code = 0 if split == "train" else 1
     rng = np.random.default_rng([cfg.seed, split_code, index])
     preset = optics.get_preset(cfg.preset)
+    if cfg.f_number is not None:
+        preset.f_number = cfg.f_number
     h, w = cfg.height, cfg.width
     d_lo, d_hi = cfg.depth_range()
     inv_lo, inv_hi = 1.0 / d_hi, 1.0 / d_lo

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from dfd_ray import defocus, focalstack, losses, storage, streaming
+from dfd_ray import defocus, focalstack, losses, optics, storage, streaming, teachers
 from dfd_ray.config import ConfigError, require, require_choice, save_config
 from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, save_model
 from dfd_ray.models.store import load_model
@@ -31,36 +31,41 @@ from dfd_ray.services.renderer import RendererPoolConfig
 
 @dataclass
 class LossWeights:
-    lens_coc: float = 0.2  # Siamese: each slice's CoC vs the other slices' depths (pixels, so ~1-2)
-    lens_depth: float = 0.1  # Siamese: one scene, one depth (log metres)
-    render: float = 10.0  # slice re-rendered from the scene's splats with the predicted CoC
-    prior: float = 5.0  # DepthNet pulled to the splat depth where the fit is confident (the teacher)
-    smooth: float = 0.05  # edge-aware smoothness of log depth and CoC
+    """Weights of the loss terms; 0 switches a term off (and with render and prior both 0 no
+    renderer pool is started, so no scene needs a splat fit)."""
+
+    teacher_coc: float = 1.0  # SDNet's CoC vs the teacher's through the thin lens (pixels), confidence-weighted
+    teacher_scale: float = 0.1  # Laplace likelihood of SDNet's predicted CoC error scale
+    side: float = 0.2  # the posterior's side of the focus plane vs the teacher's (cross-entropy; trains the side net)
+    lens_coc: float = 0.1  # Siamese: each slice's CoC vs the other slices' depths (pixels)
+    lens_depth: float = 0.05  # Siamese: one scene, one depth (log metres)
+    render: float = 0.0  # slice re-rendered from the scene's splats with the predicted CoC (renderer pool)
+    prior: float = 0.0  # depth pulled to the splat depth where the fit is confident (renderer pool)
+    smooth: float = 0.01  # edge-aware smoothness of log depth and CoC
 
 
 @dataclass
 class TrainConfig:
     data: str = MISSING  # focal-stack dataset root (its train/ is used) or a train prefix
     out: str = MISSING  # run folder/URI: checkpoints, model/, plots
-    splats: str = ""  # splat store (dfd-ray fit's <out>/splats); "" = <out>/splats, fitted on demand
-    supervision: str = "self"  # "self", or "gt" (GT depth: an upper bound for comparison only)
-    depth_loss: str = "log"  # error of depth vs its teacher (splat prior, or GT): "log" (L1 of log depth) or "rel" (AbsRel)
-    steps: int = 200
-    batch_size: int = 2  # stacks per worker per step
+    splats: str = ""  # splat store (dfd-ray fit's <out>/splats): renderer pool, and teachers where fitted; "" = <out>/splats
+    supervision: str = "self"  # "self" (teachers from the stack), or "gt" (GT depth as the teacher: an upper bound)
+    depth_loss: str = "log"  # error of depth vs the splat prior: "log" (L1 of log depth) or "rel" (AbsRel)
+    steps: int = 6000
+    batch_size: int = 4  # stacks per worker per step
     crop: int = 48  # pixels, native resolution
-    crops_per_pass: int = 8  # random crops per stack per pass over the data (a pass restarts Ray Data: seconds)
-    lr: float = 2e-3  # Adam's learning rate, until the first step of lr_decay_at
-    lr_decay_at: list[int] = field(default_factory=list)  # steps after which the rate is multiplied by lr_decay
+    crops_per_pass: int = 1  # random crops per stack per pass over the data (a pass restarts Ray Data: seconds)
+    lr: float = 1e-3  # Adam's learning rate, until the first step of lr_decay_at
+    lr_decay_at: list[int] = field(default_factory=lambda: [4800])  # steps after which the rate is multiplied by lr_decay
     lr_decay: float = 0.1  # factor per step of lr_decay_at; a resumed run follows the schedule of its config
     ema_decay: float = 0.0  # > 0: checkpoints serve an exponential moving average of the weights (e.g. 0.999)
     seed: int = 0
-    report_every: int = 10  # steps between metric reports (reports block; DESIGN §5)
-    checkpoint_every: int = 50
-    num_workers: int = 2
+    report_every: int = 50  # steps between metric reports (reports block; docs/design.md)
+    checkpoint_every: int = 500
+    num_workers: int = 1
     use_gpu: bool = False
-    worker_cpus: float = 0.5  # per training worker; fractional on a laptop (DESIGN §5)
+    worker_cpus: float = 2.0  # per training worker (torch threads: its whole part); fractional on a laptop
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
-    prior_dropout: float = 0.5  # chance a stack trains without the splat-prior input
     ray_cpus: int = 4  # logical CPUs of an embedded local Ray (ignored on a cluster)
     run_name: str = "dfd"  # a run with this name under `out` resumes (Ray Train)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -78,13 +83,21 @@ class TrainConfig:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         require(all(s >= 1 for s in self.lr_decay_at), "lr_decay_at", f"steps must be >= 1, got {self.lr_decay_at}")
+        require(all(v >= 0 for v in self.loss.__dict__.values()), "loss", f"weights must be >= 0, got {self.loss}")
         if not self.renderer.splat_store and self.out != MISSING:
             self.renderer.splat_store = self.splats or storage.join(self.out, "splats")
         if not self.renderer.data and self.data != MISSING:
             self.renderer.data = self.data
 
+    def uses_renderer(self) -> bool:
+        """Whether a term needs the renderer pool (and so a splat fit of every training scene)."""
+        return self.supervision == "self" and (self.loss.render > 0 or self.loss.prior > 0)
+
 
 # --- the step -----------------------------------------------------------------------------------
+
+SIDE_MIN_COC_PX = 0.5  # below this teacher CoC both sides of the focus plane blur alike: the side is not taught
+
 
 def _flip(maps: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
     """Apply (or undo: flips are their own inverse) each sample's flips to maps (B, ..., H, W)."""
@@ -96,8 +109,22 @@ def _flip(maps: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def teacher_targets(depth: torch.Tensor, conf: torch.Tensor, focus: torch.Tensor,
+                    lens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A teacher depth map (B, 1, h, w) in metres (0 = none) and its confidence → per slice (B, S, h, w):
+    the target CoC (px, through `optics.coc_px`), the side (1 in front of the focus plane), and the
+    weights of the CoC and side terms."""
+    valid = depth > 0
+    d = torch.where(valid, depth, torch.ones_like(depth))
+    s = focus[:, :, None, None]
+    coc = optics.coc_px(d, s, *(lens[k][:, :, None, None] for k in ("focal_length", "f_number", "pixel_size")))
+    weight = conf * valid.to(conf.dtype)
+    return {"coc": coc, "near": (d < s).to(d.dtype), "weight": weight.expand_as(coc),
+            "side_weight": weight * (coc >= SIDE_MIN_COC_PX).to(coc.dtype)}
+
+
 def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: RendererPool | None,
-                  rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+                  ) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
     """One step's loss, its logged terms and the predictions (coc, depth: (B, S, h, w))."""
     images = batch["images"].float()  # (B, S, 3, h, w) sRGB in [0, 1]
     b, s, _, h, w = images.shape
@@ -105,53 +132,51 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
     lens = {k: batch[k].float()[:, None].expand(b, s) for k in ("focal_length", "f_number", "pixel_size")}
     gain = coc_gain_px(focus, lens["focal_length"], lens["f_number"], lens["pixel_size"])
     flat = images.reshape(b * s, 3, h, w)
-    scene_ids = streaming.scene_ids(batch)
-    windows = [tuple(int(v) for v in box) for box in batch["crop_box"]]
-
-    prior_depth = prior_conf = None
-    service_seconds = 0.0  # time in renderer-service round trips, for the throughput report
-    if cfg.supervision == "self" and pool is not None:
-        t0 = time.perf_counter()
-        priors = pool.priors_batch([{"scene_id": sid, "window": win} for sid, win in zip(scene_ids, windows)])
-        prior_depth = _flip(torch.from_numpy(np.stack([d for d, _ in priors])), batch["flipped"])  # (B, h, w)
-        prior_conf = _flip(torch.from_numpy(np.stack([c for _, c in priors])), batch["flipped"])
-        service_seconds += time.perf_counter() - t0
-    if prior_depth is not None:
-        keep = torch.from_numpy(rng.random(b) >= cfg.prior_dropout).float()[:, None, None]
-        net_prior = (prior_depth.repeat_interleave(s, 0), (prior_conf * keep).repeat_interleave(s, 0))
-    else:
-        net_prior = (None, None)
-    coc_flat, depth_flat = model(flat, focus.reshape(-1), lens["focal_length"].reshape(-1),
-                                 lens["f_number"].reshape(-1), lens["pixel_size"].reshape(-1), *net_prior)
-    coc, depth = coc_flat.reshape(b, s, h, w), depth_flat.reshape(b, s, h, w)
+    out = model(flat, focus.reshape(-1), *(lens[k].reshape(-1) for k in ("focal_length", "f_number", "pixel_size")))
+    coc, depth = out["coc"].reshape(b, s, h, w), out["depth"].reshape(b, s, h, w)
 
     if cfg.supervision == "gt":
-        loss = losses.supervised(depth, batch["depth"].float().expand(b, s, h, w), cfg.depth_loss)
-        return loss, {"supervised": float(loss.detach())}, {"coc": coc, "depth": depth}
-
+        gt = batch["depth"].float()
+        teacher = teacher_targets(gt, (gt > 0).float(), focus, lens)
+    else:
+        teacher = teacher_targets(batch["teacher_depth"].float(), batch["teacher_conf"].float(), focus, lens)
     terms: dict[str, torch.Tensor] = {}
+    terms["teacher_coc"], terms["teacher_scale"] = losses.coc_teacher(
+        coc, out["coc_scale"].reshape(b, s, h, w), teacher["coc"], teacher["weight"])
+    terms["side"] = losses.side_teacher(out["near_logit"].reshape(b, s, h, w), teacher["near"], teacher["side_weight"])
     terms["lens_coc"], terms["lens_depth"] = losses.thin_lens_consistency(coc, depth, focus, gain)
+    terms["smooth"] = (losses.edge_aware_smoothness(torch.log(out["depth"]), flat)
+                       + losses.edge_aware_smoothness(out["coc"] / cfg.model.max_coc_px, flat))
+
+    service_seconds = 0.0  # time in renderer-service round trips, for the throughput report
     if pool is not None:
-        # The renderer sees the sensor as it is: undo the crop's flips on maps and targets.
-        targets = torch.from_numpy(defocus.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
-        targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
+        scene_ids = streaming.scene_ids(batch)
+        windows = [tuple(int(v) for v in box) for box in batch["crop_box"]]
         t0 = time.perf_counter()
-        terms["render"] = RemoteRenderLoss.apply(
-            _flip(coc, batch["flipped"]).reshape(b * s, h, w), pool,
-            [sid for sid in scene_ids for _ in range(s)], focus.reshape(-1).tolist(),
-            targets.reshape(b * s, h, w, 3), [win for win in windows for _ in range(s)],
-        )
-        service_seconds += time.perf_counter() - t0
-        terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None], cfg.depth_loss)
-    terms["smooth"] = (losses.edge_aware_smoothness(torch.log(depth_flat), flat)
-                       + losses.edge_aware_smoothness(coc_flat / cfg.model.max_coc_px, flat))
+        if cfg.loss.prior > 0:
+            priors = pool.priors_batch([{"scene_id": sid, "window": win} for sid, win in zip(scene_ids, windows)])
+            prior_depth = _flip(torch.from_numpy(np.stack([d for d, _ in priors])), batch["flipped"])  # (B, h, w)
+            prior_conf = _flip(torch.from_numpy(np.stack([c for _, c in priors])), batch["flipped"])
+            terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None], cfg.depth_loss)
+        if cfg.loss.render > 0:
+            # The renderer sees the sensor as it is: undo the crop's flips on maps and targets.
+            targets = torch.from_numpy(defocus.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
+            targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
+            terms["render"] = RemoteRenderLoss.apply(
+                _flip(coc, batch["flipped"]).reshape(b * s, h, w), pool,
+                [sid for sid in scene_ids for _ in range(s)], focus.reshape(-1).tolist(),
+                targets.reshape(b * s, h, w, 3), [win for win in windows for _ in range(s)],
+            )
+        service_seconds = time.perf_counter() - t0
     weights = cfg.loss.__dict__
-    loss = sum(weights[k] * v for k, v in terms.items())
+    loss = sum(weights[k] * v for k, v in terms.items() if weights[k] > 0)
     logged = {k: float(v.detach()) for k, v in terms.items()} | {"time_service_s": service_seconds}
-    if batch["has_depth"].any():  # monitoring only; never a training signal here
+    if batch["has_depth"].any():  # monitoring only; never a training signal in self-supervision
         gt = batch["depth"].float().expand(b, s, h, w)
         valid = gt > 0
         logged["monitor_abs_rel"] = float(((depth.detach() - gt).abs() / gt.clamp_min(1e-6))[valid].mean())
+        gt_coc = teacher_targets(batch["depth"].float(), torch.ones_like(gt[:, :1]), focus, lens)["coc"]
+        logged["monitor_coc_mae_px"] = float((coc.detach() - gt_coc).abs()[valid].mean())
     return loss, logged, {"coc": coc, "depth": depth}
 
 
@@ -225,6 +250,8 @@ class WeightAverage:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
+        for served, online in zip(self.model.buffers(), model.buffers()):  # batch-norm statistics: the latest
+            served.copy_(online)
 
 
 ONLINE_WEIGHTS = "online.pt"  # the optimiser's own weights, where model.pt holds the served average
@@ -282,10 +309,10 @@ def train_loop_per_worker(config: dict) -> None:
     cfg: TrainConfig = config["cfg"]
     pool: RendererPool | None = config["pool"]
     rank = ray.train.get_context().get_world_rank()
-    torch.set_num_threads(max(1, int(cfg.worker_cpus)))
+    torch.set_num_threads(max(1, round(cfg.worker_cpus)))
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    rng = np.random.default_rng([cfg.seed, rank])
     model = DFDModel(cfg.model)
+    model.depthnet.set_prior(torch.from_numpy(config["prior_depths"]))  # a checkpoint's prior replaces it below
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step, history = 0, []
@@ -303,7 +330,7 @@ def train_loop_per_worker(config: dict) -> None:
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True):
             batches += 1
             t0 = time.perf_counter()
-            loss, logged, outputs = training_step(ddp_model, batch, cfg, pool, rng)
+            loss, logged, outputs = training_step(ddp_model, batch, cfg, pool)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             for group in optimiser.param_groups:
@@ -340,10 +367,12 @@ def train_loop_per_worker(config: dict) -> None:
 
 # --- the driver -----------------------------------------------------------------------------------
 
-def _train_prefix(data: str) -> str:
-    prefixes = focalstack.dataset_prefixes(data)
-    train = [p for p in prefixes if p.rstrip("/").endswith("train")]
-    return (train or prefixes)[0]
+def gt_depths(prefix: str, max_pixels: int = 2_000_000, seed: int = 0) -> np.ndarray:
+    """A sample of the valid GT depths of a prefix (metres): the depth prior of `supervision=gt`."""
+    depths = np.concatenate([st.depth[st.depth > 0] for st in focalstack.read_stacks(prefix) if st.depth is not None])
+    if not depths.size:
+        raise ConfigError(f"config key 'supervision': 'gt' needs GT depth, and {prefix} has none")
+    return np.random.default_rng(seed).choice(depths, size=min(max_pixels, depths.size), replace=False)
 
 
 def _storage(out: str) -> tuple[str, object | None]:
@@ -358,7 +387,7 @@ def run(cfg: TrainConfig) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     try:
-        prefix = _train_prefix(cfg.data)  # fails here, before any cluster work
+        prefix = teachers.train_prefix(cfg.data)  # fails here, before any cluster work
         stacks = sum(focalstack.read_metadata(shard).num_rows for shard in focalstack.shard_uris(prefix))
     except focalstack.DatasetError as exc:
         raise ConfigError(f"config key 'data': {exc}") from None
@@ -372,12 +401,21 @@ def run(cfg: TrainConfig) -> dict:
     pool = None
     try:
         if cfg.supervision == "self":
+            taught = teachers.ensure_teachers(prefix, cfg.splats)
+            if taught["computed"]:
+                print(f"teachers: {taught['computed']} shard sidecar(s), {taught['stacks']} stacks "
+                      f"({taught['from_splats']} from splat fits) in {taught['seconds']} s", flush=True)
+            prior_depths = teachers.teacher_depths(prefix, seed=cfg.seed)
+        else:
+            prior_depths = gt_depths(prefix)
+        if cfg.uses_renderer():
             pool = RendererPool(cfg.renderer)
-        dataset = streaming.ray_dataset(prefix, crop=cfg.crop, seed=cfg.seed, crops_per_pass=cfg.crops_per_pass)
+        dataset = streaming.ray_dataset(prefix, crop=cfg.crop, seed=cfg.seed, crops_per_pass=cfg.crops_per_pass,
+                                        teachers=cfg.supervision == "self")
         storage_path, storage_fs = _storage(cfg.out)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg, "pool": pool},
+            train_loop_config={"cfg": cfg, "pool": pool, "prior_depths": prior_depths},
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,

@@ -45,7 +45,8 @@ def main() -> None:
             train.run(load_config(train.TrainConfig, [
                 f"data={root}/data", f"out={out}", f"splats={root}/fit/splats", f"steps={args.steps}",
                 f"report_every={half}", f"checkpoint_every={args.steps}", f"num_workers={workers}",
-                f"batch_size={args.batch}", f"crop={args.crop}", "ray_cpus=4",
+                f"batch_size={args.batch}", f"crop={args.crop}", "ray_cpus=4", "worker_cpus=0.5",
+                "loss.render=10", "loss.prior=5",  # the two terms that go through the renderer service
             ]))
             history = json.load(open(f"{out}/state.json"))["history"]
             first, last = history[0], history[-1]

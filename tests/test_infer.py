@@ -142,26 +142,29 @@ def test_tile_spans_cover_overlap_and_align(length):
 
 def test_tiled_prediction_matches_whole_image_away_from_seams():
     torch.manual_seed(0)
-    model = DFDModel(ModelConfig()).eval()
+    # A small model keeps the receptive field (input bands, both U-Nets) inside 48 px of a pixel.
+    model = DFDModel(ModelConfig(widths=(8, 16), side_widths=(8, 16))).eval()
+    with torch.no_grad():  # the side head starts at zero; give the side net's context a say
+        model.depthnet.side.head.weight.normal_()
 
     def forward(x, lens):
-        return model(x, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])[1]
+        return model(x, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])["depth"]
 
-    image = _texture(200, 236, seed=3).astype(np.float32) / 255
+    image = _texture(320, 336, seed=3).astype(np.float32) / 255
     lens = np.array([[0.5, 2.9e-3, 1.0, 1.2e-5]], np.float32)
     (whole,), (n_whole,) = predict_tiled([image], lens, forward, tile=512, overlap=0, batch_size=4)
-    (tiled,), (n_tiled,) = predict_tiled([image], lens, forward, tile=96, overlap=24, batch_size=4)
-    assert n_whole == 1 and n_tiled > 4
+    (tiled,), (n_tiled,) = predict_tiled([image], lens, forward, tile=160, overlap=32, batch_size=4)
+    assert n_whole == 1 and n_tiled >= 4
     h, w = image.shape[:2]
     distance = np.full((h, w), 10**6)
     rows, cols = np.mgrid[:h, :w]
-    for top, left, th, tw in tile_boxes(h, w, 96, 24):
+    for top, left, th, tw in tile_boxes(h, w, 160, 32):
         for edge in (e for e in (top, top + th) if 0 < e < h):
             distance = np.minimum(distance, np.abs(rows - edge))
         for edge in (e for e in (left, left + tw) if 0 < e < w):
             distance = np.minimum(distance, np.abs(cols - edge))
     rel = np.abs(tiled - whole) / whole
-    far = distance >= 32  # beyond the networks' receptive field from any tile edge
+    far = distance >= 48  # beyond the networks' receptive field from any tile edge
     assert far.mean() > 0.05
     assert rel[far].max() < 1e-4, rel[far].max()
     assert np.median(rel) < 1e-3 and rel.max() < 0.1  # and seams are blended, not stepped

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from dfd_ray.metrics import METRIC_KEYS, SIDE_KEYS, coc_metrics, depth_metrics, mean_metrics, side_metrics
+from dfd_ray.metrics import METRIC_KEYS, SIDE_KEYS, best_constant, coc_metrics, depth_metrics, mean_metrics, side_metrics
 
 
 def test_hand_computed_values():
@@ -68,3 +68,17 @@ def test_side_metrics_split_the_error_into_blur_and_side():
     assert avg["abs_rel_true_side"] == pytest.approx((1 / 9) / 2)
     with pytest.raises(ValueError, match="differ in shape"):
         side_metrics(pred_depth, pred_coc[:2], gt, 0.5, 10.0, (0.1, 10.0))
+
+
+def test_best_constant_minimises_mean_abs_rel():
+    rng = np.random.default_rng(0)
+    depths = [rng.uniform(0.1, 3.0, (7, 9)).astype(np.float32), np.array([[0.0, 0.5], [2.0, 9.0]], np.float32)]
+    c, n = best_constant(depths, max_depth=3.0)
+    valid = np.concatenate([depths[0].ravel(), [0.5, 2.0]]).astype(np.float64)  # 0 and 9 m are masked out
+    assert n == valid.size
+    grid = np.linspace(0.1, 3.0, 20001)
+    brute = grid[np.argmin([np.mean(np.abs(valid - g) / valid) for g in grid])]
+    assert np.mean(np.abs(valid - c) / valid) <= np.mean(np.abs(valid - brute) / valid) + 1e-12
+    assert c in valid  # the weighted median is a sample
+    with pytest.raises(ValueError, match="no valid GT pixel"):
+        best_constant([np.zeros((2, 2), np.float32)])

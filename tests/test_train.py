@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfd_ray import evaluate, losses, synth, train
+from dfd_ray import evaluate, focalstack, losses, synth, teachers, train
 from dfd_ray.config import ConfigError, load_config
 from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, load_model
-from dfd_ray.models.nets import parameter_count
 
-TERMS = ("lens_coc", "lens_depth", "render", "prior", "smooth")
+TERMS = ("teacher_coc", "teacher_scale", "side", "lens_coc", "lens_depth", "render", "prior", "smooth")
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +29,8 @@ def splats(tmp_path_factory):
 
 def train_cfg(data, splats, out, *extra):
     return load_config(train.TrainConfig, [
-        f"data={data}", f"out={out}", f"splats={splats}", "crop=32", "batch_size=1", "lr=3e-3",
-        "worker_cpus=0.5", "renderer.num_cpus=0.25", "renderer.fit.steps=20", "renderer.fit.warmup_steps=5",
+        f"data={data}", f"out={out}", f"splats={splats}", "crop=32", "batch_size=1", "lr=3e-3", "lr_decay_at=[]",
+        "num_workers=2", "worker_cpus=0.5", "report_every=2", "checkpoint_every=2", "renderer.num_cpus=0.25", "renderer.fit.steps=20", "renderer.fit.warmup_steps=5",
         *extra,
     ])
 
@@ -47,41 +46,13 @@ def test_thin_lens_consistency_is_zero_for_a_consistent_stack():
     assert float(coc_term) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_depth_stays_in_range_and_follows_the_thin_lens():
-    cfg = ModelConfig()
-    model = DFDModel(cfg)
-    assert parameter_count(model) > 10_000
-    image = torch.rand(2, 3, 20, 28)
-    coc, depth = model(image, torch.tensor([0.1, 1.5]), torch.full((2,), 2.9e-3), torch.ones(2), torch.full((2,), 12e-6))
-    assert coc.shape == depth.shape == (2, 20, 28)
-    assert float(coc.min()) >= 0 and float(depth.min()) >= cfg.min_depth and float(depth.max()) <= cfg.max_depth
-
-
-def test_depthnet_refines_a_given_prior_and_ignores_a_dropped_one():
-    torch.manual_seed(0)
-    model = DFDModel(ModelConfig())
-    image = torch.rand(2, 3, 16, 16)
-    lens = (torch.tensor([0.3, 0.7]), torch.full((2,), 2.9e-3), torch.ones(2), torch.full((2,), 12e-6))
-    prior = torch.full((2, 16, 16), 0.5)
-    _, alone = model(image, *lens)
-    # Zero confidence (prior dropout) is no prior at all: the single-image path, bit for bit.
-    _, dropped = model(image, *lens, prior, torch.zeros(2, 16, 16))
-    assert torch.equal(alone, dropped)
-    # An untrained gate starts near the prior (an 0.88 share of the inverse depth).
-    _, refined = model(image, *lens, prior, torch.full((2, 16, 16), 0.4))
-    assert float(torch.log(refined / prior).abs().mean()) < 0.2 * float(torch.log(alone / prior).abs().mean())
-    # The gate is learnable: its gradient reaches the DepthNet head.
-    refined.mean().backward()
-    assert model.depthnet.net.head.weight.grad[2].abs().sum() > 0
-
-
 def test_training_state_round_trip_is_exact(tmp_path):
     model = DFDModel(ModelConfig())
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     average = train.WeightAverage(model, 0.9)
     for _ in range(2):
         out = model(torch.rand(1, 3, 16, 16), *(torch.tensor([v]) for v in (0.3, 2.9e-3, 1.0, 12e-6)))
-        (out[1].mean() + out[0].mean()).backward()
+        (out["depth"].mean() + out["coc"].mean()).backward()
         optimiser.step()
         average.update(model)
     train.save_training_state(str(tmp_path), model, optimiser, 7, [{"step": 7}], "self", average)
@@ -137,6 +108,15 @@ def test_weight_average_warms_up_then_decays():
     assert not average.model.weight.requires_grad and average.updates == 22
 
 
+def test_weight_average_serves_the_latest_batch_norm_statistics():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    average = train.WeightAverage(model, decay=0.99)
+    model.train()(torch.randn(4, 1, 3, 3) + 5.0)  # moves the running statistics
+    average.update(model)
+    assert torch.equal(average.model[1].running_mean, model[1].running_mean)
+    assert float(average.model[1].running_mean.abs().sum()) > 0
+
+
 def test_depth_error_kinds_and_their_minimisers():
     d, t = torch.tensor([0.2, 1.0]), torch.tensor([0.1, 2.0])
     assert losses.depth_error(d, t, "rel").tolist() == pytest.approx([1.0, 0.5])
@@ -154,10 +134,9 @@ def test_depth_error_kinds_and_their_minimisers():
     log = torch.stack([losses.depth_error(g.expand(2), targets, "log").mean() for g in grid])
     inside = (grid >= 0.12) & (grid <= 0.5)
     assert float(log[inside].max() - log[inside].min()) < 1e-5
-    # the splat prior weighs the error by the fit's confidence; GT supervision skips invalid pixels
+    # the splat prior weighs the error by the fit's confidence
     conf = torch.tensor([1.0, 0.0])
     assert float(losses.splat_prior(d, t, conf, "rel")) == pytest.approx(0.5)
-    assert float(losses.supervised(d, torch.tensor([0.1, 0.0]), "rel")) == pytest.approx(1.0)
 
 
 def test_too_few_stacks_for_the_workers_fails_before_cluster_work(data, splats, tmp_path):
@@ -172,12 +151,14 @@ def _history(out):
     return json.loads((out / "state.json").read_text())["history"]
 
 
-def test_ddp_steps_lower_every_loss_term_then_eval(ray_session, data, splats, tmp_path):
+def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_session, data, splats, tmp_path):
     out = tmp_path / "run"
-    # The prior reaches the nets only as the teacher term (prior_dropout=1), so that each report
-    # averages like steps. With the prior as an input the gated depth starts at the splat depth, and
-    # its smoothness term is then the fit's own roughness: flat over 24 steps.
-    result = train.run(train_cfg(data, splats, out, "steps=24", "report_every=6", "checkpoint_every=24", "prior_dropout=1"))
+    # Every term on, the renderer pool's two as well; a fresh dataset gets its teacher sidecars first.
+    shards = focalstack.shard_uris(f"{data}/train")
+    assert not any(teachers.sidecar_is_current(s) for s in shards)
+    result = train.run(train_cfg(data, splats, out, "steps=24", "report_every=6", "checkpoint_every=24",
+                                 "loss.render=10", "loss.prior=5"))
+    assert all(teachers.sidecar_is_current(s) for s in shards)
     history = _history(out)
     assert [h["step"] for h in history] == [6, 12, 18, 24]
     for term in TERMS:
@@ -191,6 +172,7 @@ def test_ddp_steps_lower_every_loss_term_then_eval(ray_session, data, splats, tm
     report = json.loads((metrics_dir / "metrics.json").read_text())
     keys = {"abs_rel", "sq_rel", "rmse", "rmse_log", "mae", "mse", "delta1", "delta2", "delta3"}
     assert keys <= set(report["single"]["overall"]) and keys <= set(report["fused"]["overall"])
+    assert keys <= set(report["fused_splat"]["overall"])
     assert set(report["single"]["per_focus_distance"]) == {"0.1", "0.15", "0.3", "0.7", "1.5"}
     for per_s in report["single"]["per_focus_distance"].values():
         assert keys <= set(per_s)
@@ -202,13 +184,24 @@ def test_ddp_steps_lower_every_loss_term_then_eval(ray_session, data, splats, tm
     side = report["single"]["side"]
     assert set(side["per_focus_distance"]) == set(report["single"]["per_focus_distance"])
     assert 0 <= side["overall"]["wrong_side"] <= 1 and side["overall"]["abs_rel_true_side"] >= 0
-    assert report["fused"]["uses_splats"] and "| fused (whole stack) |" in (metrics_dir / "metrics.md").read_text()
+    table = (metrics_dir / "metrics.md").read_text()
+    assert "| fused through the lens (whole stack) |" in table and "| fused through the lens + splat fit |" in table
+
+
+def test_gt_supervision_needs_no_teachers_or_renderer(ray_session, tmp_path):
+    data = tmp_path / "data"
+    synth.run(load_config(synth.SynthConfig, [f"out={data}", "n_scenes=2", "n_test=0", "height=32", "width=32", "seed=4"]))
+    result = train.run(train_cfg(str(data), str(tmp_path / "splats"), tmp_path / "run", "steps=4", "supervision=gt"))
+    history = _history(tmp_path / "run")
+    assert [h["step"] for h in history] == [2, 4] and result["renderer"] == []
+    assert not list(data.glob("train/teachers/*")) and not (tmp_path / "splats").exists()
+    assert history[-1]["teacher_coc"] < history[0]["teacher_coc"]
 
 
 def test_learning_rate_steps_down_after_each_decay_step():
     cfg = train.TrainConfig(lr=1e-2, lr_decay_at=[3, 5], lr_decay=0.5)
     assert [train.learning_rate(cfg, done) for done in range(7)] == [1e-2] * 3 + [5e-3] * 2 + [2.5e-3] * 2
-    assert train.learning_rate(train.TrainConfig(lr=1e-3), 10**6) == 1e-3
+    assert train.learning_rate(train.TrainConfig(lr=1e-3, lr_decay_at=[]), 10**6) == 1e-3
 
 
 @pytest.mark.parametrize("override, key", [("lr_decay=0", "lr_decay"), ("lr_decay=1.5", "lr_decay"),

@@ -1,37 +1,58 @@
-"""SDNet (image → CoC map) and DepthNet (CoC map → metric depth through the thin lens).
+"""SDNet (one image → CoC map and its uncertainty) and DepthNet (CoC → metric depth through the lens).
 
-Lens encoding. The CoC of a point at depth d is c = G |1/d - 1/s| pixels with G = A v / p the
-lens's CoC gain (A aperture, v image distance, p pixel pitch; DESIGN §2). Both networks see the
-focus distance s and G as constant input planes (log-scaled), so one model can serve cameras
-with other lenses and pitches.
+Lens encoding. The CoC of a point at depth d is c = G |1/d - 1/s| pixels, with G = A v / p the
+lens's CoC gain in pixel·metres (A aperture, v image distance, p pixel pitch; docs/design.md,
+"Optics"). Both networks see the focus distance s and G as constant input planes (log-scaled).
 
-DepthNet does not regress depth from scratch: the analytic inverse of the CoC gives two inverse
-depths, 1/s ± c/G (behind or in front of the focus plane). DepthNet predicts which side (a soft
-sign) and a small inverse-depth correction, and the result is kept inside the configured depth
-range. Metric scale therefore comes from the optics, which is what lets a model trained on one
-camera work on another. Given a stack's splat depth (stack inference), DepthNet refines it: a
-per-pixel gate it predicts blends the splat's inverse depth with the lens estimate, starting
-close to the splat (which beats single-image estimates from the first step); without a prior the
-gate is exactly 0 and the single-image path is unchanged.
+SDNet reads blur. Besides the image it sees three difference-of-Gaussian luminance bands divided
+by the local contrast: the ratio of fine to coarse detail is what blur changes, and dividing by
+the contrast keeps it while removing how strongly the surface is textured. It predicts a CoC c
+(pixels, >= 0) and the scale b of a Laplace error around it (pixels).
+
+DepthNet decodes depth through the thin lens, with no free-form depth regression: over a grid of
+inverse depths u_k it forms the posterior
+
+    log p_k = log prior_k - |c - G |u_k - 1/s|| / b  + log sigmoid(±z)
+
+where the prior is a depth histogram (set from the training teachers) and z a side logit its
+small U-Net predicts from the image and the CoC (+ for the bins in front of the focus plane, -
+behind), trained so that the posterior's side (`near_logit`) matches the teacher's. Equal blur has one depth on each side of s; the prior and z choose between them. The
+depth is the AbsRel-optimal point of the posterior: its median weighted by 1/t (`weighted_median`),
+the same statistic as the benchmark's best constant. Metric scale comes from G and s alone, so a
+model carries over to another lens and pitch. A splat depth, where given, adds one more factor
+(a log-normal around it, weighted by its confidence); `DFDModel.fuse` multiplies the likelihoods
+of several photos of one scene, which settles the side physically.
+
+Every output depends only on its receptive field (batch norm is a fixed affine map in eval mode),
+so tiles of a photo and the whole photo give the same depth away from tile seams.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfd_ray.filters import gaussian_blur
+
+ARCH = "lens-posterior-v2"  # written to model.json; a model of another architecture fails to load by name
+
 
 @dataclass
 class ModelConfig:
-    widths: tuple[int, ...] = (16, 32, 64)  # U-Net channels per level (SDNet)
-    depth_widths: tuple[int, ...] = (16, 32)  # DepthNet U-Net channels per level
-    min_depth: float = 0.1  # metres: predictions stay inside [min_depth, max_depth]
+    widths: tuple[int, ...] = (24, 48, 96, 192)  # SDNet U-Net channels per level
+    side_widths: tuple[int, ...] = (16, 32, 64)  # DepthNet's side-logit U-Net channels per level
+    min_depth: float = 0.1  # metres: the posterior's grid spans [min_depth, max_depth]
     max_depth: float = 3.0
+    depth_bins: int = 128  # inverse-depth bins of the posterior, uniform in 1/d
     max_coc_px: float = 24.0  # CoC predictions saturate softly here (pixels)
-    correction: float = 0.25  # max |inverse-depth correction| as a fraction of 1/min_depth
+    min_scale_px: float = 0.05  # floor of the predicted CoC error scale b (pixels)
+    band_sigmas_px: tuple[float, ...] = (0.7, 1.4, 2.8)  # difference-of-Gaussian bands (pixels)
+    contrast_sigma_px: float = 4.0  # window of the local contrast the bands are divided by (pixels)
+    prior_sigma_log: float = 0.1  # width of a splat-depth factor, in log depth
 
 
 def coc_gain_px(focus_distance: torch.Tensor, focal_length: torch.Tensor, f_number: torch.Tensor,
@@ -47,28 +68,23 @@ def lens_planes(focus_distance: torch.Tensor, gain: torch.Tensor, height: int, w
     return feats[:, :, None, None].expand(-1, -1, height, width)
 
 
-class ChannelNorm(nn.Module):
-    """Layer norm over the channels of each pixel. Unlike GroupNorm it pools no statistics across
-    pixels, so an output depends only on its receptive field: a 48-px training crop, a tile and a
-    whole photo see the same network."""
-
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # layer_norm over the last dim of a channels-last view: 4x faster on CPU than mean/var
-        # reductions across the strided channel dim (measured at 16x256x256).
-        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+def blur_bands(image: torch.Tensor, sigmas_px: tuple[float, ...], contrast_sigma_px: float,
+               eps: float = 0.01) -> torch.Tensor:
+    """(N, 3, H, W) sRGB in [0, 1] → (N, len(sigmas), H, W): luminance bands G(σ_{k-1}) - G(σ_k)
+    (σ_0 = 0) divided by the local standard deviation of the luminance (window σ = contrast_sigma_px).
+    `eps` (in units of full scale, about the sensor noise) keeps flat regions from being amplified."""
+    y = image.mean(1, keepdim=True)
+    levels = [y] + [gaussian_blur(y, s) for s in sigmas_px]
+    mean = gaussian_blur(y, contrast_sigma_px)
+    std = torch.sqrt(gaussian_blur((y - mean) ** 2, contrast_sigma_px).clamp_min(0) + eps**2)
+    return torch.cat([levels[k] - levels[k + 1] for k in range(len(sigmas_px))], dim=1) / std
 
 
 class _Block(nn.Sequential):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1), ChannelNorm(c_out), nn.SiLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1), ChannelNorm(c_out), nn.SiLU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
         )
 
 
@@ -100,69 +116,120 @@ class UNet(nn.Module):
 
 
 class SDNet(nn.Module):
-    """One defocused image (N, 3, H, W) in [0, 1] + lens → CoC map (N, H, W) in pixels, >= 0."""
+    """One defocused image (N, 3, H, W) in [0, 1] + lens → (CoC (N, H, W) px >= 0, error scale b (N, H, W) px)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.net = UNet(5, 1, cfg.widths)
+        self.net = UNet(3 + len(cfg.band_sigmas_px) + 2, 2, cfg.widths)
 
-    def forward(self, image: torch.Tensor, focus_distance: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([image * 2 - 1, lens_planes(focus_distance, gain, *image.shape[-2:])], dim=1)
-        raw = self.net(x)[:, 0]
-        return self.cfg.max_coc_px * torch.tanh(F.softplus(raw) / self.cfg.max_coc_px)
+    def forward(self, image: torch.Tensor, focus_distance: torch.Tensor,
+                gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bands = blur_bands(image, self.cfg.band_sigmas_px, self.cfg.contrast_sigma_px)
+        x = torch.cat([image * 2 - 1, bands, lens_planes(focus_distance, gain, *image.shape[-2:])], dim=1)
+        raw_coc, raw_scale = self.net(x).unbind(1)
+        coc = self.cfg.max_coc_px * torch.tanh(F.softplus(raw_coc) / self.cfg.max_coc_px)
+        return coc, self.cfg.min_scale_px + F.softplus(raw_scale)
+
+
+def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the point where the cumulative weight reaches half, linear between grid points.
+
+    values (K,) ascending; weights (..., K, H, W) >= 0, not all 0 → (..., H, W). Differentiable in
+    the weights (the crossing moves smoothly with them). With weights p_k / t_k over depths t_k it
+    is the depth that minimises the expected |d - t| / t under p: the AbsRel-optimal decode.
+    """
+    w = weights / weights.sum(-3, keepdim=True)
+    cdf = torch.cumsum(w, dim=-3)
+    k = values.numel()
+    j = (cdf < 0.5).sum(-3, keepdim=True).clamp(max=k - 1)  # first grid point at or past half
+    i = (j - 1).clamp(min=0)
+    cdf_i, cdf_j = cdf.gather(-3, i), cdf.gather(-3, j)
+    v = values.view(*([1] * (weights.dim() - 3)), k, 1, 1).expand_as(weights)
+    v_i, v_j = v.gather(-3, i), v.gather(-3, j)
+    frac = ((0.5 - cdf_i) / (cdf_j - cdf_i).clamp_min(1e-12)).clamp(0, 1)
+    frac = torch.where(j == 0, torch.ones_like(frac), frac)  # half the weight on the first point
+    return (v_i + frac * (v_j - v_i)).squeeze(-3)
 
 
 class DepthNet(nn.Module):
-    """CoC map + image + lens (+ optional splat prior) → metric depth (N, H, W) in metres."""
+    """CoC map, its scale, the image and the lens → the posterior over inverse depth and its AbsRel-optimal depth."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        # coc (log1p), image (3), lens (2), prior inverse depth (normalised) and its confidence
-        # outputs: side (soft sign), inverse-depth correction, trust in the prior (gate logit)
-        self.net = UNet(8, 3, cfg.depth_widths)
-        with torch.no_grad():  # the gate starts uniform (sigmoid(2) ≈ 0.88), not at random per pixel
-            self.net.head.weight[2].zero_()
-            self.net.head.bias[2].zero_()
+        self.side = UNet(3 + 2 + 2, 1, cfg.side_widths)
+        with torch.no_grad():  # neutral at the start: the prior alone picks the side
+            self.side.head.weight.zero_()
+            self.side.head.bias.zero_()
+        # Inverse-depth grid [1/m], descending, so that the depths 1/u ascend along the bin axis.
+        u = torch.linspace(1.0 / cfg.min_depth, 1.0 / cfg.max_depth, cfg.depth_bins)
+        self.register_buffer("inverse_depths", u)
+        self.register_buffer("log_prior", torch.full((cfg.depth_bins,), -math.log(cfg.depth_bins)))
 
-    def forward(self, coc: torch.Tensor, image: torch.Tensor, focus_distance: torch.Tensor, gain: torch.Tensor,
-                prior_depth: torch.Tensor | None = None, prior_conf: torch.Tensor | None = None) -> torch.Tensor:
-        n, h, w = coc.shape
-        u_lo, u_hi = 1.0 / self.cfg.max_depth, 1.0 / self.cfg.min_depth
-        if prior_depth is None:
-            prior_u = torch.zeros_like(coc)
-            prior_conf = torch.zeros_like(coc)
-        else:
-            prior_u = (1.0 / prior_depth.clamp_min(1e-3) - u_lo) / (u_hi - u_lo)
-            prior_conf = prior_conf if prior_conf is not None else torch.ones_like(coc)
-        x = torch.cat([torch.log1p(coc)[:, None], image * 2 - 1, lens_planes(focus_distance, gain, h, w),
-                       (prior_u * prior_conf)[:, None], prior_conf[:, None]], dim=1)
-        side, correction, trust = self.net(x).unbind(1)
-        s = focus_distance[:, None, None]
-        g = gain[:, None, None]
-        # Analytic inverse of the thin lens: u = 1/s + sign · c / G, the sign from the network.
-        u = 1.0 / s + torch.tanh(side) * coc / g + self.cfg.correction * u_hi * torch.tanh(correction)
+    def set_prior(self, depths: torch.Tensor, uniform_mix: float = 0.1) -> None:
+        """Prior over the grid from sample depths (metres; e.g. the training teachers'), mixed with a
+        uniform share so that no depth of the range is ruled out."""
+        u = self.inverse_depths
+        inv = 1.0 / depths.flatten().float().clamp(self.cfg.min_depth, self.cfg.max_depth)
+        nearest = torch.bucketize(-inv, -(u[1:] + u[:-1]) / 2)  # the grid descends: bucketize its negation
+        hist = torch.bincount(nearest, minlength=len(u)).float()
+        p = (1 - uniform_mix) * hist / hist.sum().clamp_min(1) + uniform_mix / len(u)
+        self.log_prior.copy_(torch.log(p))
+
+    def side_logit(self, coc: torch.Tensor, scale: torch.Tensor, image: torch.Tensor, focus_distance: torch.Tensor,
+                   gain: torch.Tensor) -> torch.Tensor:
+        """(N, H, W): > 0 where the surface lies in front of the focus plane. Fed a detached CoC, so
+        that the side is taught by its own loss and SDNet by the CoC's."""
+        x = torch.cat([image * 2 - 1, torch.log1p(coc.detach())[:, None], torch.log(scale.detach())[:, None],
+                       lens_planes(focus_distance, gain, *image.shape[-2:])], dim=1)
+        return self.side(x)[:, 0]
+
+    def _near(self, focus_distance: torch.Tensor) -> torch.Tensor:
+        """(N, K, 1, 1): 1 for the bins in front of each photo's focus plane."""
+        return (self.inverse_depths[None, :, None, None] > 1.0 / focus_distance[:, None, None, None]).float()
+
+    def coc_log_likelihood(self, coc: torch.Tensor, scale: torch.Tensor, focus_distance: torch.Tensor,
+                           gain: torch.Tensor) -> torch.Tensor:
+        """(N, K, H, W): log p(c | u_k), a Laplace of scale b around the CoC G |u_k - 1/s|, up to a constant."""
+        u = self.inverse_depths[None, :, None, None]
+        expected = gain[:, None, None, None] * (u - 1.0 / focus_distance[:, None, None, None]).abs()
+        return -(coc[:, None] - expected).abs() / scale[:, None] - torch.log(scale[:, None])
+
+    def side_log_likelihood(self, side_logit: torch.Tensor, focus_distance: torch.Tensor) -> torch.Tensor:
+        """(N, K, H, W): the side factor log sigmoid(±z) (+ in front of the focus plane)."""
+        near, z = self._near(focus_distance), side_logit[:, None]
+        return near * F.logsigmoid(z) + (1 - near) * F.logsigmoid(-z)
+
+    def near_logit(self, coc_log_likelihood: torch.Tensor, side_logit: torch.Tensor,
+                   focus_distance: torch.Tensor) -> torch.Tensor:
+        """(N, H, W): log-odds of the posterior's mass in front of the focus plane against behind it.
+
+        What the side loss trains: the side net learns the evidence the prior and the CoC do not
+        already carry, so nothing is counted twice (a classifier of the side on its own would
+        learn the prior's odds again)."""
+        log_post = coc_log_likelihood + self.side_log_likelihood(side_logit, focus_distance) + self.log_prior.view(-1, 1, 1)
+        near = self._near(focus_distance).bool().expand_as(log_post)
+        neg = torch.finfo(log_post.dtype).min
+        return (torch.logsumexp(torch.where(near, log_post, neg), dim=1)
+                - torch.logsumexp(torch.where(near, neg, log_post), dim=1))
+
+    def decode(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
+               prior_conf: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-likelihood (..., K, H, W) (+ an optional splat depth and confidence (..., H, W)) → depth (..., H, W) m."""
+        log_post = log_likelihood + self.log_prior.view(-1, 1, 1)
         if prior_depth is not None:
-            # Where a prior is given (confidence > 0; prior dropout zeroes it), blend towards it. The
-            # +2 bias starts the gate at ~0.88: trust the fit until training says otherwise.
-            gate = torch.sigmoid(trust + 2.0) * (prior_conf > 0).to(u.dtype)
-            u = gate / prior_depth.clamp_min(1e-3) + (1 - gate) * u
-        # Stay inside the range smoothly, so that gradients never vanish at a hard clamp.
-        u = u_lo + (u_hi - u_lo) * torch.sigmoid(_logit_range(u, u_lo, u_hi))
-        return 1.0 / u
-
-
-def _logit_range(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Inverse of lo + (hi - lo) · sigmoid(·) inside the range, extended linearly outside it."""
-    t = ((u - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
-    inside = torch.log(t) - torch.log1p(-t)
-    overshoot = (u - lo) / (hi - lo) - t  # 0 inside the range
-    return inside + overshoot * 4.0
+            conf = prior_conf if prior_conf is not None else torch.ones_like(prior_depth)
+            t = torch.log(1.0 / self.inverse_depths).view(-1, 1, 1)
+            dist = (t - torch.log(prior_depth.clamp_min(1e-3))[..., None, :, :]) / self.cfg.prior_sigma_log
+            log_post = log_post - 0.5 * conf[..., None, :, :] * dist**2
+        post = torch.softmax(log_post, dim=-3)
+        # AbsRel-optimal: the median of the depths t_k = 1/u_k weighted by p_k / t_k = p_k u_k.
+        return weighted_median(1.0 / self.inverse_depths, post * self.inverse_depths.view(-1, 1, 1))
 
 
 class DFDModel(nn.Module):
-    """SDNet and DepthNet together: one image (and its lens) → (CoC px, depth m)."""
+    """SDNet and DepthNet together: one image (and its lens) → CoC, its scale, side logit, depth."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -172,13 +239,26 @@ class DFDModel(nn.Module):
 
     def forward(self, image: torch.Tensor, focus_distance: torch.Tensor, focal_length: torch.Tensor,
                 f_number: torch.Tensor, pixel_size: torch.Tensor, prior_depth: torch.Tensor | None = None,
-                prior_conf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                prior_conf: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """images (N, 3, H, W) sRGB in [0, 1]; per-image lens (N,) in metres → maps (N, H, W):
+        coc [px], coc_scale [px], side_logit, near_logit (the posterior's side, for the side loss;
+        it reaches the side net only), depth [m], and log_likelihood (N, K, H, W)."""
         gain = coc_gain_px(focus_distance, focal_length, f_number, pixel_size)
-        coc = self.sdnet(image, focus_distance, gain)
-        depth = self.depthnet(coc, image, focus_distance, gain, prior_depth, prior_conf)
-        return coc, depth
+        coc, scale = self.sdnet(image, focus_distance, gain)
+        side = self.depthnet.side_logit(coc, scale, image, focus_distance, gain)
+        coc_lik = self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain)
+        log_lik = coc_lik + self.depthnet.side_log_likelihood(side, focus_distance)
+        depth = self.depthnet.decode(log_lik, prior_depth, prior_conf)
+        near = self.depthnet.near_logit(coc_lik.detach(), side, focus_distance)
+        return {"coc": coc, "coc_scale": scale, "side_logit": side, "near_logit": near, "depth": depth,
+                "log_likelihood": log_lik}
+
+    def fuse(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
+             prior_conf: torch.Tensor | None = None) -> torch.Tensor:
+        """Photos of one scene, aligned: their log-likelihoods (S, K, H, W) → one depth (H, W) in metres:
+        the depth that best explains every CoC map through the lens."""
+        return self.depthnet.decode(log_likelihood.sum(0), prior_depth, prior_conf)
 
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

@@ -1,36 +1,61 @@
 """Models on disk or in an object store: `model.pt` (a state dict, loaded with weights_only=True)
-and `model.json` (the ModelConfig and what the model was trained on). A checkpoint folder holds
-the same two files, so any checkpoint is also a model URI."""
+and `model.json` (the architecture, the ModelConfig and what the model was trained on). A
+checkpoint folder holds the same two files, so any checkpoint is also a model URI.
+
+The project ships one trained model (`SHIPPED`, in the package: docs/model_card.md); commands that
+take a model use it when none is given.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import io
 import json
+import os
 
 import torch
 
 from dfd_ray import storage
-from dfd_ray.models.nets import DFDModel, ModelConfig
+from dfd_ray.models.nets import ARCH, DFDModel, ModelConfig
 
 WEIGHTS, META = "model.pt", "model.json"
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped", "fod500")
+
+
+def model_uri(uri: str) -> str:
+    """`uri`, or the shipped model where it is empty."""
+    return uri or SHIPPED
 
 
 def save_model(model: DFDModel, uri: str, info: dict | None = None) -> None:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     storage.write_bytes(storage.join(uri, WEIGHTS), buf.getvalue())
-    meta = {"model": dataclasses.asdict(model.cfg), **(info or {})}
+    meta = {"arch": ARCH, "model": dataclasses.asdict(model.cfg), **(info or {})}
     storage.write_bytes(storage.join(uri, META), json.dumps(meta, indent=2).encode())
 
 
-def load_model(uri: str, device: str = "cpu") -> tuple[DFDModel, dict]:
-    """(model in eval mode, its metadata) from a model or checkpoint URI."""
+def read_meta(uri: str) -> dict:
+    """A model's model.json, checked: FileNotFoundError where there is none, ValueError where it
+    holds another architecture than this dfd-ray builds."""
     try:
         meta = json.loads(storage.read_bytes(storage.join(uri, META)))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} is not a dfd-ray model: it holds no {META}") from None
+    if meta.get("arch") != ARCH:
+        raise ValueError(f"{uri} holds a model of architecture {meta.get('arch', 'unnamed (before v2)')!r}; "
+                         f"this dfd-ray loads {ARCH!r} models: retrain it with dfd-ray train")
+    return meta
+
+
+def load_model(uri: str, device: str = "cpu") -> tuple[DFDModel, dict]:
+    """(model in eval mode, its metadata) from a model or checkpoint URI ("" = the shipped model)."""
+    uri = model_uri(uri)
+    meta = read_meta(uri)
+    try:
         weights = storage.read_bytes(storage.join(uri, WEIGHTS))
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{uri} is not a dfd-ray model: {exc}") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} is not a dfd-ray model: it holds no {WEIGHTS}") from None
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items() if k in fields})
     model = DFDModel(cfg)

@@ -1,0 +1,169 @@
+"""The networks and the lens decode, without Ray: shapes, ranges, the AbsRel-optimal decode, lens fusion."""
+
+import numpy as np
+import pytest
+import torch
+
+from dfd_ray import optics
+from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px
+from dfd_ray.filters import gaussian_blur
+from dfd_ray.models.nets import blur_bands, parameter_count, weighted_median
+
+FOD500 = (2.9e-3, 1.0, 3.1e-3 / 256)  # focal length [m], f-number, pixel pitch [m]
+
+
+def _lens(n: int, focus) -> tuple[torch.Tensor, ...]:
+    return (torch.as_tensor(focus, dtype=torch.float32), *(torch.full((n,), v) for v in FOD500))
+
+
+def test_outputs_have_their_shapes_and_stay_in_range():
+    cfg = ModelConfig()
+    model = DFDModel(cfg).eval()
+    assert parameter_count(model.sdnet) > 500_000
+    out = model(torch.rand(2, 3, 20, 28), *_lens(2, [0.1, 1.5]))
+    for key in ("coc", "coc_scale", "side_logit", "depth"):
+        assert out[key].shape == (2, 20, 28), key
+    assert out["log_likelihood"].shape == (2, cfg.depth_bins, 20, 28)
+    out = {k: v.detach() for k, v in out.items()}
+    assert float(out["coc"].min()) >= 0 and float(out["coc_scale"].min()) >= cfg.min_scale_px
+    assert float(out["depth"].min()) >= cfg.min_depth - 1e-6 and float(out["depth"].max()) <= cfg.max_depth + 1e-6
+
+
+def test_coc_gain_is_the_thin_lens_gain():
+    s = torch.tensor([0.1, 0.3, 1.5])
+    gain = coc_gain_px(s, *(torch.tensor(v) for v in FOD500))
+    d = 0.7
+    expected = optics.coc_px(d, s.numpy().astype(np.float64), *FOD500)
+    assert (gain * (1 / d - 1 / s).abs()).numpy() == pytest.approx(expected, rel=1e-5)
+
+
+def test_blur_bands_fall_with_blur_and_ignore_contrast():
+    torch.manual_seed(0)
+    sharp = torch.rand(1, 1, 48, 48).expand(1, 3, 48, 48)
+    blurred = gaussian_blur(sharp, 1.5)
+    fine = lambda x: blur_bands(x, (0.7, 1.4, 2.8), 4.0)[0, 0, 8:-8, 8:-8].abs().mean()  # noqa: E731
+    assert float(fine(blurred)) < 0.5 * float(fine(sharp))
+    # Contrast normalisation: the same texture at a third of the contrast gives the same bands.
+    low = 0.5 + (sharp - 0.5) / 3
+    assert torch.allclose(blur_bands(low, (0.7,), 4.0), blur_bands(sharp, (0.7,), 4.0), atol=0.05)
+
+
+def _expected_abs_rel(depths: torch.Tensor, p: torch.Tensor, d: float) -> float:
+    return float((p * (d - depths).abs() / depths).sum())
+
+
+@pytest.mark.parametrize("masses", [[0.7, 0.3], [0.3, 0.7], [0.5, 0.5], [0.2, 0.5, 0.3]])
+def test_decode_returns_the_abs_rel_optimal_depth_of_a_hand_made_posterior(masses):
+    cfg = ModelConfig(min_depth=0.1, max_depth=3.0, depth_bins=512)
+    model = DFDModel(cfg)
+    depths = 1.0 / model.depthnet.inverse_depths  # ascending
+    # Posterior: a few narrow modes (e.g. one on each side of a focus plane), masses as given.
+    centres = [0.15, 0.6, 2.0][: len(masses)]
+    post = torch.zeros(cfg.depth_bins)
+    for c, m in zip(centres, masses):
+        k = int((depths - c).abs().argmin())
+        post[k] += m
+    model.depthnet.log_prior.zero_()  # a flat prior: the likelihood is the posterior
+    log_lik = torch.log(post.clamp_min(1e-30)).view(1, -1, 1, 1)
+    decoded = float(model.depthnet.decode(log_lik)[0, 0, 0])
+    grid = torch.linspace(0.1, 3.0, 2901)
+    costs = torch.tensor([_expected_abs_rel(depths, post, float(d)) for d in grid])
+    best = float(costs.min())
+    # The decode's expected AbsRel is the optimum's, up to the bins' spacing.
+    assert _expected_abs_rel(depths, post, decoded) <= best + 0.02
+
+
+def test_weighted_median_interpolates_and_passes_gradients():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    w = torch.tensor([0.1, 0.2, 0.3, 0.4], requires_grad=True)
+    m = weighted_median(values, w.view(4, 1, 1))
+    # cumulative 0.1, 0.3, 0.6, 1.0: half is reached 2/3 of the way from 2 to 3
+    assert float(m) == pytest.approx(2 + 2 / 3)
+    m.sum().backward()
+    assert w.grad.abs().sum() > 0
+    assert float(weighted_median(values, torch.tensor([0.9, 0.1, 0, 0]).view(4, 1, 1))) == 1.0
+
+
+def _exact_model(cfg: ModelConfig) -> DFDModel:
+    model = DFDModel(cfg)
+    model.depthnet.log_prior.zero_()
+    return model
+
+
+def _likelihood(model: DFDModel, coc: float, focus: float, side_logit: float = 0.0) -> torch.Tensor:
+    gain = coc_gain_px(torch.tensor([focus]), *(torch.tensor([v]) for v in FOD500))
+    net, s = model.depthnet, torch.tensor([focus])
+    return (net.coc_log_likelihood(torch.full((1, 2, 2), coc), torch.full((1, 2, 2), 0.05), s, gain)
+            + net.side_log_likelihood(torch.full((1, 2, 2), side_logit), s))
+
+
+@pytest.mark.parametrize("depth", [0.2, 0.45])
+def test_lens_fusion_recovers_a_depth_on_either_side_of_a_focus_plane(depth):
+    # Slices focused at 0.3 m and 0.7 m: one CoC alone has a root on each side of its focus plane;
+    # both together have one depth in common.
+    model = _exact_model(ModelConfig(depth_bins=512))
+    cocs = {s: float(optics.coc_px(depth, s, *FOD500)) for s in (0.3, 0.7)}
+    log_lik = torch.cat([_likelihood(model, c, s) for s, c in cocs.items()])
+    fused = model.fuse(log_lik)
+    assert float(fused.mean()) == pytest.approx(depth, rel=0.02)
+    # The 0.3 m slice alone cannot tell: its CoC has a root on each side in range, equally likely,
+    # and the AbsRel-optimal choice between them is the near one (its errors weigh 1/t less) -
+    # wrong for the 0.45 m surface, which fusion gets right.
+    near, far = optics.depth_from_coc_px(cocs[0.3], 0.3, *FOD500)
+    assert ModelConfig().min_depth < near < 0.3 < far < ModelConfig().max_depth
+    alone = model.depthnet.decode(_likelihood(model, cocs[0.3], 0.3))
+    assert float(alone.mean()) == pytest.approx(near, rel=0.02)
+
+
+def test_side_logit_picks_the_root_and_a_splat_depth_pulls_the_decode():
+    model = _exact_model(ModelConfig(depth_bins=512))
+    s, d_near = 0.3, 0.2
+    c = float(optics.coc_px(d_near, s, *FOD500))
+    _, d_far = optics.depth_from_coc_px(c, s, *FOD500)
+    near = model.depthnet.decode(_likelihood(model, c, s, side_logit=8.0))
+    far = model.depthnet.decode(_likelihood(model, c, s, side_logit=-8.0))
+    assert float(near.mean()) == pytest.approx(d_near, rel=0.02)
+    assert float(far.mean()) == pytest.approx(d_far, rel=0.02)
+    # A confident splat depth on the far root wins over a neutral side; zero confidence changes nothing.
+    neutral = _likelihood(model, c, s)
+    splat = torch.full((1, 2, 2), d_far)
+    assert float(model.depthnet.decode(neutral, splat, torch.ones(1, 2, 2)).mean()) == pytest.approx(d_far, rel=0.05)
+    assert torch.equal(model.depthnet.decode(neutral, splat, torch.zeros(1, 2, 2)), model.depthnet.decode(neutral))
+
+
+def test_prior_from_sample_depths_counts_the_nearest_bin():
+    model = DFDModel(ModelConfig(depth_bins=4, min_depth=0.25, max_depth=1.0))
+    assert model.depthnet.inverse_depths.tolist() == [4.0, 3.0, 2.0, 1.0]
+    model.depthnet.set_prior(torch.tensor([0.25, 0.26, 0.5, 1.0, 1.0, 1.0, 0.34]), uniform_mix=0.0)
+    assert model.depthnet.log_prior.exp().tolist() == pytest.approx([2 / 7, 1 / 7, 1 / 7, 3 / 7])
+
+
+def test_outputs_depend_only_on_the_receptive_field():
+    # Eval mode: a crop's centre equals the whole image's there (batch norm is a fixed affine map).
+    torch.manual_seed(1)
+    model = DFDModel(ModelConfig()).eval()
+    image = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        whole = model(image, *_lens(1, [0.3]))["depth"][0]
+        part = model(image[..., 32:128, 32:128], *_lens(1, [0.3]))["depth"][0]
+    assert torch.allclose(whole[64:96, 64:96], part[32:64, 32:64], atol=1e-4)
+
+
+def test_near_logit_is_the_posterior_side_and_trains_only_the_side_net():
+    model = _exact_model(ModelConfig(depth_bins=512))
+    net, s = model.depthnet, torch.tensor([0.3])
+    gain = coc_gain_px(s, *(torch.tensor([v]) for v in FOD500))
+    c = float(optics.coc_px(0.2, 0.3, *FOD500))  # roots at 0.2 m and ~0.6 m, both in range
+    coc_lik = net.coc_log_likelihood(torch.full((1, 2, 2), c), torch.full((1, 2, 2), 0.05), s, gain)
+    # Flat prior over inverse depth, neutral side: both roots hold the same mass.
+    assert float(net.near_logit(coc_lik, torch.zeros(1, 2, 2), s).abs().max()) < 0.05
+    assert float(net.near_logit(coc_lik, torch.full((1, 2, 2), 3.0), s).mean()) == pytest.approx(3.0, abs=0.05)
+    # The prior's odds count once: a prior that favours near shifts the posterior side by its odds.
+    net.log_prior.copy_(torch.where(net.inverse_depths > 1 / 0.3, 0.0, -1.0))
+    assert float(net.near_logit(coc_lik, torch.zeros(1, 2, 2), s).mean()) == pytest.approx(1.0, abs=0.05)
+    # In the full model the side loss reaches the side net, not SDNet.
+    model = DFDModel(ModelConfig()).train()
+    out = model(torch.rand(2, 3, 24, 24), *_lens(2, [0.15, 0.7]))
+    out["near_logit"].sum().backward()
+    assert model.depthnet.side.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.sdnet.parameters())
