@@ -8,7 +8,7 @@ slab is blurred with the disc PSF of its CoC. Slabs of one surface add up (a sur
 occlude itself); surfaces are alpha-composited far to near; dividing by the composited alpha
 removes the darkening that a finite number of slabs and the frame border would otherwise leave.
 
-CoC is linear in inverse depth for a fixed focus (c_px = G |1/d - 1/s|, DESIGN §2), so slabs of
+CoC is linear in inverse depth for a fixed focus (c_px = G |1/d - 1/s|, docs/design.md §2), so slabs of
 equal inverse-depth width have equal CoC widths.
 """
 
@@ -51,7 +51,7 @@ def disc_kernel(diameter_px: float, oversample: int = 16) -> np.ndarray:
     sampled finely and each sample is spread onto the pixel grid with Keys' cubic kernel, which
     reproduces quadratics, so the PSF has exactly the disc's per-axis variance c²/16 at any size,
     changes smoothly with the diameter even below one pixel (where blur still carries depth,
-    DESIGN §2), and is a delta at diameter 0. (Bilinear spreading would add frac·(1-frac) of
+    docs/design.md §2), and is a delta at diameter 0. (Bilinear spreading would add frac·(1-frac) of
     spurious variance as soon as c > 0.)
     """
     if diameter_px < 0 or not np.isfinite(diameter_px):

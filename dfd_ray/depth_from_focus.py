@@ -3,7 +3,7 @@
 Per slice a focus measure (the energy of the Laplacian, averaged over a window); per pixel the
 slice where it peaks, refined to a sub-slice position by Gaussian interpolation (a parabola
 through the logarithm of the measure at the peak and its neighbours). The refinement is done in inverse focus distance (dioptres), where the CoC is
-linear (DESIGN §2), and mapped back to metres.
+linear (docs/design.md §2), and mapped back to metres.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Modes, on full images (the networks are fully convolutional):
             of the focus plane physically; and, where splats are available (`splats=` a store, or
             `fit_at_test=true`), the same with the scene fit's depth as one more factor.
 Beside them: the classical depth-from-focus baseline and the splat depths themselves. Metrics
-per image over valid GT (DESIGN §6), then averaged; `DIR/metrics.json` and `DIR/metrics.md`.
+per image over valid GT (docs/design.md §6), then averaged; `DIR/metrics.json` and `DIR/metrics.md`.
 """
 
 from __future__ import annotations

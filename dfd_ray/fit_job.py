@@ -3,7 +3,7 @@
 Writes per scene `out/splats/<scene_id>.npz` (splats + depth, confidence, AIF), the depth as
 `out/depth/<scene_id>.png` (16-bit, millimetres) with a colour preview `<scene_id>_preview.png`,
 and `out/fit_metrics.json`: per scene and averaged, the splat depth's and the classical
-depth-from-focus baseline's `abs_rel`, `rmse`, `delta1` (and the other DESIGN §6 metrics) over
+depth-from-focus baseline's `abs_rel`, `rmse`, `delta1` (and the other docs/design.md §6 metrics) over
 the same pixels, where GT depth exists. A scene that fails is recorded there and the job goes on.
 """
 

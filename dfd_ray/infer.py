@@ -70,7 +70,7 @@ class InferConfig:
     batch_size: int = 4  # photos per predictor call, and tiles per forward pass
     io_batch: int = 16  # photos per read, decode and write task (fewer, larger tasks: less overhead)
     num_actors: int = 1  # predictor actors (model replicas)
-    actor_cpus: float = 0.5  # per predictor actor; fractional on a laptop (DESIGN §5)
+    actor_cpus: float = 0.5  # per predictor actor; fractional on a laptop (docs/design.md §5)
     actor_gpus: float = 1.0  # per predictor actor, when the device is cuda
     device: str = "auto"  # auto: cuda when the cluster has GPUs, else cpu
     task_cpus: float = 0.25  # per read, decode and write task

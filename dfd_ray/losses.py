@@ -1,4 +1,4 @@
-"""Self-supervised losses (no GT depth, no AIF; DESIGN §1), plain PyTorch.
+"""Self-supervised losses (no GT depth, no AIF; docs/design.md §1), plain PyTorch.
 
 Shapes: B stacks of S slices, maps (B, S, H, W); per-slice lens quantities (B, S).
 """
@@ -33,7 +33,7 @@ def thin_lens_consistency(coc: torch.Tensor, depth: torch.Tensor, focus: torch.T
 def depth_error(depth: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-pixel error of depth against a target depth (metres), both > 0.
 
-    "rel": |d - t| / t, the AbsRel of the evaluation (DESIGN §6). Where one image leaves the depth
+    "rel": |d - t| / t, the AbsRel of the evaluation (docs/design.md §6). Where one image leaves the depth
     uncertain (which side of the focus plane, how far beyond it), the prediction that minimises
     it is the median of the depth posterior weighted by 1/t; "log": |log d - log t|, whose
     minimiser is the plain median, which is farther away and costs AbsRel wherever the posterior

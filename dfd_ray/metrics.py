@@ -1,4 +1,4 @@
-"""Depth metrics (DESIGN §6), per image over valid ground-truth pixels, then averaged over images.
+"""Depth metrics (docs/design.md §6), per image over valid ground-truth pixels, then averaged over images.
 
 Valid: GT > 0 (0 marks invalid) and, when `max_depth` is given, GT <= max_depth (FoD500 practice
 clips at 1.5 m). Predictions are clamped to a small positive floor so logs stay finite.

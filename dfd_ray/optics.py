@@ -1,4 +1,4 @@
-"""Thin-lens defocus model (DESIGN §2). SI units: metres everywhere, pixels only where named.
+"""Thin-lens defocus model (docs/design.md §2). SI units: metres everywhere, pixels only where named.
 
 Every function accepts Python floats, numpy arrays or torch tensors (broadcasting, differentiable
 for tensors) and returns the same kind. Symbols:

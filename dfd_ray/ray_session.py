@@ -16,7 +16,7 @@ def ensure_ray(local_cpus: int, object_store_mb: int = 300) -> bool:
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local dev clusters (DESIGN §5)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local dev clusters (docs/design.md §5)
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:

@@ -1,7 +1,7 @@
 """Object-store access over any fsspec URL: plain paths, file://, s3:// (AWS_ENDPOINT_URL honoured).
 
 s3fs reads the endpoint only from `client_kwargs`; pyarrow's S3FileSystem() ignores the variable
-altogether (DESIGN §5), so every filesystem in dfd-ray comes from here.
+altogether (docs/design.md §5), so every filesystem in dfd-ray comes from here.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Three layers, one sample format:
 
 * `make_sample(stack, crop, rng)`: pure numpy. A random `crop`×`crop` window and random flips,
-  applied identically to every slice and to the depth map. Images are never resized (DESIGN §2:
+  applied identically to every slice and to the depth map. Images are never resized (docs/design.md §2:
   the blur in pixels is the depth signal, and resizing without changing `pixel_size` destroys it).
 * `ray_dataset(uri, crop, seed)`: the same samples as a Ray Data pipeline (Parquet shards on local
   disk or S3 → decode/validate/augment in `map_batches`), ready for
@@ -212,7 +212,7 @@ def make_sample(
         prefix = f"{where}: " if where else ""
         raise DatasetError(
             f"{prefix}scene {stack.scene_id!r} is {H}x{W} px, smaller than the {h}x{w} px crop; "
-            "crops are cut at native resolution and never resized or padded (DESIGN §2): "
+            "crops are cut at native resolution and never resized or padded (docs/design.md §2): "
             "use a smaller crop, or crop=0 for full images"
         )
     # Always draw all four numbers so that a given seed picks the same window with flips on or off.

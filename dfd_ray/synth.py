@@ -2,11 +2,11 @@
 
 A scene is a background plane (fronto-parallel or slanted) and a few shapes in front of it, each
 a plane with its own texture. Depths are drawn uniform in inverse depth over the camera's range:
-the CoC is linear in inverse depth (DESIGN §2), so this spreads the surfaces evenly over the blur
+the CoC is linear in inverse depth (docs/design.md §2), so this spreads the surfaces evenly over the blur
 sizes the camera can tell apart. Every foreground shape is drawn nearer than whatever it covers,
 so the painter's order is the depth order and the GT depth is exact at occlusion edges.
 
-The preset fixes the pixel pitch; `height`/`width` only change the field of view (DESIGN §2).
+The preset fixes the pixel pitch; `height`/`width` only change the field of view (docs/design.md §2).
 Each scene has its own random stream (seed, index), so a dataset is deterministic for a seed
 and scenes can be generated in any order or in parallel.
 """

@@ -123,6 +123,11 @@ def teacher_targets(depth: torch.Tensor, conf: torch.Tensor, focus: torch.Tensor
             "side_weight": weight * (coc >= SIDE_MIN_COC_PX).to(coc.dtype)}
 
 
+def model_module(model: torch.nn.Module) -> DFDModel:
+    """The DFDModel inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
 def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: RendererPool | None,
                   ) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
     """One step's loss, its logged terms and the predictions (coc, depth: (B, S, h, w))."""
@@ -143,7 +148,9 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
     terms: dict[str, torch.Tensor] = {}
     terms["teacher_coc"], terms["teacher_scale"] = losses.coc_teacher(
         coc, out["coc_scale"].reshape(b, s, h, w), teacher["coc"], teacher["weight"])
-    terms["side"] = losses.side_teacher(out["near_logit"].reshape(b, s, h, w), teacher["near"], teacher["side_weight"])
+    two_sided = model_module(model).depthnet.has_both_sides(focus.reshape(-1)).reshape(b, s, 1, 1).float()
+    terms["side"] = losses.side_teacher(out["near_logit"].reshape(b, s, h, w), teacher["near"],
+                                        teacher["side_weight"] * two_sided)
     terms["lens_coc"], terms["lens_depth"] = losses.thin_lens_consistency(coc, depth, focus, gain)
     terms["smooth"] = (losses.edge_aware_smoothness(torch.log(out["depth"]), flat)
                        + losses.edge_aware_smoothness(out["coc"] / cfg.model.max_coc_px, flat))
@@ -331,6 +338,8 @@ def train_loop_per_worker(config: dict) -> None:
             batches += 1
             t0 = time.perf_counter()
             loss, logged, outputs = training_step(ddp_model, batch, cfg, pool)
+            if not torch.isfinite(loss):  # stop before a bad step reaches the weights and the checkpoints
+                raise FloatingPointError(f"worker {rank}, step {step + 1}: the loss is {float(loss)}; terms {logged}")
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             for group in optimiser.param_groups:

@@ -1,4 +1,4 @@
-"""Benchmark: synthetic focal-stack generation throughput (DESIGN issue 2 target: 100 stacks of
+"""Benchmark: synthetic focal-stack generation throughput (issue 2 target: 100 stacks of
 5×128×128 in under a minute on 2 cores). Prints one line of figures.
 
     python jobs/bench_synth.py [n_scenes=100] [height=128] [width=128] [out=/tmp/dfd_bench_synth]

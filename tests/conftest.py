@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-# Ray Train V2 reports block until the controller polls; poll quickly in tests (DESIGN §5).
+# Ray Train V2 reports block until the controller polls; poll quickly in tests (docs/design.md §5).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray workers inherit the environment of ray.init, which may run before the S3 fixture: give

@@ -167,3 +167,12 @@ def test_near_logit_is_the_posterior_side_and_trains_only_the_side_net():
     out["near_logit"].sum().backward()
     assert model.depthnet.side.head.weight.grad.abs().sum() > 0
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.sdnet.parameters())
+
+
+def test_a_focus_plane_at_the_end_of_the_grid_has_one_side_and_finite_odds():
+    model = DFDModel(ModelConfig()).eval()  # grid 0.1-3 m: s = 0.1 m has nothing in front
+    s = torch.tensor([0.1, 0.3])
+    assert model.depthnet.has_both_sides(s).tolist() == [False, True]
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 16, 16), *_lens(2, s))
+    assert torch.isfinite(out["near_logit"]).all() and float(out["near_logit"][0].max()) == -30.0

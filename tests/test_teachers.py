@@ -31,7 +31,7 @@ def test_targets_are_the_thin_lens_coc_of_the_teacher_depth():
     aperture = F / N
     for i, s in enumerate((0.1, 0.3, 1.5)):
         for (r, c), d in {(0, 0): 0.5, (0, 1): 0.2, (1, 1): 3.0}.items():
-            by_hand = aperture * F * abs(d - s) / (d * (s - F)) / P  # DESIGN's c(d) / p
+            by_hand = aperture * F * abs(d - s) / (d * (s - F)) / P  # c(d) / p of docs/design.md §2
             assert float(t["coc"][0, i, r, c]) == pytest.approx(by_hand, rel=1e-5)
             assert float(t["near"][0, i, r, c]) == float(d < s)
     assert t["weight"][0, :, 1, 0].tolist() == [0, 0, 0]  # no teacher depth: no weight

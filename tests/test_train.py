@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfd_ray import evaluate, focalstack, losses, synth, teachers, train
+from dfd_ray import evaluate, focalstack, losses, streaming, synth, teachers, train
 from dfd_ray.config import ConfigError, load_config
 from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, load_model
 
@@ -147,6 +147,28 @@ def test_too_few_stacks_for_the_workers_fails_before_cluster_work(data, splats, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("term", [t for t in TERMS if t not in ("render", "prior")])
+def test_each_term_of_the_step_falls_when_trained_alone(data, term):
+    # Plain PyTorch, no Ray: samples cut as the Ray pipeline cuts them, teachers from the stacks.
+    stacks = list(focalstack.read_stacks(f"{data}/train"))
+    samples = [streaming.make_sample(st, 32, np.random.default_rng(i), teacher=teachers.stack_depth(st))
+               for i, st in enumerate(stacks)]
+    batch = {k: torch.from_numpy(v) for k, v in streaming.stack_samples(samples).items()}
+    weights = {k: float(k == term) for k in train.LossWeights.__dataclass_fields__}
+    cfg = train.TrainConfig(data="d", out="o", loss=train.LossWeights(**weights))
+    torch.manual_seed(0)
+    model = DFDModel(ModelConfig(widths=(8, 16), side_widths=(8, 16)))
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    values = []
+    for _ in range(12):
+        loss, logged, _ = train.training_step(model, batch, cfg, None)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        values.append(logged[term])
+    assert values[-1] < values[0], (term, values)
+
+
 def _history(out):
     return json.loads((out / "state.json").read_text())["history"]
 
@@ -154,6 +176,8 @@ def _history(out):
 def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_session, data, splats, tmp_path):
     out = tmp_path / "run"
     # Every term on, the renderer pool's two as well; a fresh dataset gets its teacher sidecars first.
+    # Smoothness is left out of the check: an untrained net predicts nearly constant maps, and the
+    # structure it learns in 24 steps raises it (each term alone falls: the test above).
     shards = focalstack.shard_uris(f"{data}/train")
     assert not any(teachers.sidecar_is_current(s) for s in shards)
     result = train.run(train_cfg(data, splats, out, "steps=24", "report_every=6", "checkpoint_every=24",
@@ -161,7 +185,7 @@ def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_se
     assert all(teachers.sidecar_is_current(s) for s in shards)
     history = _history(out)
     assert [h["step"] for h in history] == [6, 12, 18, 24]
-    for term in TERMS:
+    for term in (t for t in TERMS if t != "smooth"):
         assert history[-1][term] < history[0][term], (term, [h[term] for h in history])
     assert (out / "training_curve.png").stat().st_size > 1000 and (out / "sample_prediction.png").exists()
     assert result["renderer"][0]["requests"] > 0

@@ -1,6 +1,6 @@
 """`dfd-ray import fod500 SRC --out URI`: the FoD500 dataset of DefocusNet (CVPR 2020).
 
-Layout (DESIGN §2): one flat folder. Per scene five stack images whose names end in `All.tif` and
+Layout: one flat folder. Per scene five stack images whose names end in `All.tif` and
 one depth file ending in `Dpt.exr` (float16, metres, R channel); an optional `*Aif.tif` is taken
 as the all-in-focus image. The first six characters of every name are the zero-padded scene
 index; the sorted `All.tif` names of a scene are its slices in focus order, matched one to one

@@ -38,7 +38,8 @@ from torch import nn
 
 from dfd_ray.filters import gaussian_blur
 
-ARCH = "lens-posterior-v2"  # written to model.json; a model of another architecture fails to load by name
+ARCH = "lens-posterior-v2"
+LOGIT_CAP = 30.0  # |near_logit| bound: sigmoid(30) is 1 to float precision  # written to model.json; a model of another architecture fails to load by name
 
 
 @dataclass
@@ -210,9 +211,17 @@ class DepthNet(nn.Module):
         learn the prior's odds again)."""
         log_post = coc_log_likelihood + self.side_log_likelihood(side_logit, focus_distance) + self.log_prior.view(-1, 1, 1)
         near = self._near(focus_distance).bool().expand_as(log_post)
-        neg = torch.finfo(log_post.dtype).min
-        return (torch.logsumexp(torch.where(near, log_post, neg), dim=1)
-                - torch.logsumexp(torch.where(near, neg, log_post), dim=1))
+        # A focus plane at an end of the grid leaves one side empty; the odds are then ±LOGIT_CAP
+        # (and `has_both_sides` is False: no side to learn).
+        empty = -1e4
+        odds = (torch.logsumexp(torch.where(near, log_post, empty), dim=1)
+                - torch.logsumexp(torch.where(near, empty, log_post), dim=1))
+        return odds.clamp(-LOGIT_CAP, LOGIT_CAP)
+
+    def has_both_sides(self, focus_distance: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: whether the grid holds depths on both sides of each focus plane."""
+        near = self._near(focus_distance)[:, :, 0, 0]
+        return (near.sum(1) > 0) & (near.sum(1) < near.shape[1])
 
     def decode(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
                prior_conf: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,7 +4,7 @@ Only the compositing runs in gsplat: projection and defocus are the shared PyTor
 `project.py`, so both backends composite the very same 2D Gaussians. gsplat's kernel applies the
 same per-pixel rules as the torch backend (pixel centres +0.5, alpha = min(0.999, o e^-q),
 skip alpha < 1/255, stop before transmittance <= 1e-4); depth rides along as a fourth channel.
-gsplat compiles its CUDA kernels on first use and never runs on CPU tensors (DESIGN §3, §5).
+gsplat compiles its CUDA kernels on first use and never runs on CPU tensors (docs/design.md §3, §5).
 """
 
 from __future__ import annotations

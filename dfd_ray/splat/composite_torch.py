@@ -1,6 +1,6 @@
 """Sparse front-to-back alpha compositing in plain PyTorch: the CPU backend (runs on any device).
 
-Follows gsplat's per-pixel rules (DESIGN §3): pixel centres at +0.5; alpha = min(0.999,
+Follows gsplat's per-pixel rules (docs/design.md §3): pixel centres at +0.5; alpha = min(0.999,
 opacity · exp(-q/2)); pairs with alpha < 1/255 are skipped; a pixel stops at the Gaussian that
 would take its transmittance to 1e-4 or below (that Gaussian is not added). Formulation: one row
 per (pixel, Gaussian) pair inside each splat's box, sorted by pixel then depth; transmittance is

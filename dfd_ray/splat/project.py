@@ -1,4 +1,4 @@
-"""Projection of 3D Gaussians to 2D, with thin-lens defocus (DESIGN §3). Plain PyTorch, any device.
+"""Projection of 3D Gaussians to 2D, with thin-lens defocus (docs/design.md §3). Plain PyTorch, any device.
 
 Both compositor backends take the output of `project`; only the compositing differs between
 them. The perspective Jacobian clamps x/z and y/z just outside the field of view the way gsplat
@@ -75,7 +75,7 @@ def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor, camera: Camera) -> 
 def thin_lens_coc_px(
     depths: torch.Tensor, focus_distance: torch.Tensor | float, aperture: torch.Tensor | float, camera: Camera
 ) -> torch.Tensor:
-    """Signed CoC diameter in pixels: A v / p (1/s - 1/z) with v = s f / (s - f) (DESIGN §2).
+    """Signed CoC diameter in pixels: A v / p (1/s - 1/z) with v = s f / (s - f) (docs/design.md §2).
 
     Differentiable in focus distance and aperture diameter (metres); aperture 0 is a pinhole.
     """
@@ -109,7 +109,7 @@ def project(
     coc_map: torch.Tensor | None = None,
     eps2d: float = EPS2D,
 ) -> Projected:
-    """Project the splats once per image, blurring each Gaussian by its CoC (DESIGN §3).
+    """Project the splats once per image, blurring each Gaussian by its CoC (docs/design.md §3).
 
     The CoC comes from the thin lens at `focus_distance` (metres; a scalar or one per image;
     `aperture` diameter in metres, default the camera's f / N), or from `coc_map` ((H, W) or

@@ -25,7 +25,7 @@ class Camera:
 
     fx = fy = focal_length / pixel_size: the lens at infinity focus. Focus breathing (the small
     magnification change as the lens refocuses) is ignored; the CoC itself uses the exact image
-    distance of each focus setting (DESIGN §2). The principal point (cx, cy) defaults to the
+    distance of each focus setting (docs/design.md §2). The principal point (cx, cy) defaults to the
     image centre; `crop` moves it so that a window of the sensor renders on its own.
     """
 
