@@ -28,7 +28,7 @@ from dfd_ray.config import ConfigError, require, save_config
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.defocus import coc_gain_px
 from dfd_ray.metrics import COC_KEYS, METRIC_KEYS, SIDE_KEYS, coc_metrics, depth_metrics, mean_metrics, side_metrics
-from dfd_ray.models.store import load_model
+from dfd_ray.models.store import load_model, model_uri
 from dfd_ray.splat.fit import FitConfig, fit_scene
 from dfd_ray.splat.scene import load_splats, splat_uri
 
@@ -115,6 +115,7 @@ def _table(report: dict) -> str:
 
 
 def run(cfg: EvalConfig) -> dict:
+    cfg.model = model_uri(cfg.model)
     try:
         model, meta = load_model(cfg.model, cfg.device)
         prefix = eval_prefix(cfg.data)

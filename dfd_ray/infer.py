@@ -10,9 +10,10 @@ else EXIF, else `camera.*` defaults (photos.resolve_camera); the source is recor
 Output under `out`, keys mirroring the input keys:
     <key>.depth.png        16-bit grey, millimetres (0 = invalid)
     <key>.preview.png      colour-mapped depth
+    <key>.defocus.npz      the defocus maps: coc and coc_scale [px], side_logit (float16, no pickles)
     _manifest/*.parquet    one row per photo written (MANIFEST_SCHEMA)
     _errors/*.parquet      one row per photo that failed: input, stage, message, run_id
-    _scenes/               photos sharing a scene_id fused (geometric mean), with manifest.parquet
+    _scenes/               photos sharing a scene_id fused through the lens, with manifest.parquet
 Every photo ends in exactly one of the manifest or the errors table. Re-running with the same
 `out` skips photos already in the manifest (errors are retried); `overwrite=true` redoes all.
 """
@@ -156,7 +157,10 @@ class DepthPredictor:
         self.tile, self.overlap, self.batch_size, self.device = tile, overlap, batch_size, device
 
     def _forward(self, images, lens):
-        return self.model(images, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])["depth"]
+        import torch
+
+        out = self.model(images, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])
+        return torch.stack([torch.log(out["depth"]), out["coc"], torch.log(out["coc_scale"]), out["side_logit"]], 1)
 
     def _predict(self, rows: list[int], batch: dict) -> tuple[list[np.ndarray], list[int]]:
         from dfd_ray.tiling import predict_tiled
@@ -183,8 +187,8 @@ class DepthPredictor:
                 except Exception as exc:
                     stage[i], message[i] = "predict", f"{type(exc).__name__}: {exc}"
         for rows, (maps, counts) in zip(groups, results):
-            for i, d, c in zip(rows, maps, counts):
-                depth[i], tiles[i] = d.astype(np.float32).tobytes(), c
+            for i, m, c in zip(rows, maps, counts):  # MAPS, (4, H, W)
+                depth[i], tiles[i] = m.astype(np.float32).tobytes(), c
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out.update(depth=np.array(depth, dtype=object), tiles=np.array(tiles), stage=np.array(stage),
                    message=np.array(message))
@@ -208,9 +212,11 @@ def write_outputs(batch: dict, out: str, run_id: str, model_id: str) -> dict:
         if not stage:
             try:
                 h, w = int(batch["height"][i]), int(batch["width"][i])
-                depth = np.frombuffer(batch["depth"][i], np.float32).reshape(h, w)
+                maps = np.frombuffer(batch["depth"][i], np.float32).reshape(len(MAPS), h, w)
+                depth = np.exp(maps[0])
                 depth_uri = storage.join(out, batch["key"][i] + ".depth.png")
                 preview_uri = storage.join(out, batch["key"][i] + ".preview.png")
+                storage.write_bytes(defocus_uri(depth_uri), encode_defocus(maps))
                 storage.write_bytes(depth_uri, encode_depth_mm(depth))
                 storage.write_bytes(preview_uri, encode_preview(depth))
                 lo, mid, hi = np.percentile(depth, [0, 50, 100])
@@ -245,22 +251,58 @@ def _clear(out: str, folder: str) -> None:
         fs.rm(path)
 
 
-def fuse_scene(group: dict, out: str) -> dict:
-    """Geometric mean of the depth maps of one scene's photos → _scenes/<scene_id>.{depth,preview}.png."""
-    from dfd_ray.importers.common import decode_png_depth
+MAPS = ("log_depth", "coc", "log_coc_scale", "side_logit")  # what the predictor returns per pixel, in order
 
-    depths = [decode_png_depth(storage.read_bytes(uri), uri) for uri in group["depths"]]
-    row = {"scene_id": group["scene_id"], "members": len(depths), "depth": "", "preview": "", "message": ""}
-    if len({d.shape for d in depths}) > 1:
-        row["message"] = f"not fused: photo sizes differ ({sorted({d.shape for d in depths})})"
+
+def defocus_uri(depth_uri: str) -> str:
+    """<key>.defocus.npz beside <key>.depth.png: the photo's CoC map, its scale and side logit."""
+    return depth_uri.removesuffix(".depth.png") + ".defocus.npz"
+
+
+def encode_defocus(maps: np.ndarray) -> bytes:
+    """MAPS (4, H, W) → .npz (no pickles) of coc [px], coc_scale [px] and side_logit, float16."""
+    buf = io.BytesIO()
+    np.savez(buf, coc=maps[1].astype(np.float16), coc_scale=np.exp(maps[2]).astype(np.float16),
+             side_logit=maps[3].astype(np.float16))
+    return buf.getvalue()
+
+
+_DEPTHNETS: dict = {}  # per worker process: model URI → its DepthNet (the lens decode)
+
+
+def fuse_scene(group: dict, out: str, model: str) -> dict:
+    """One scene's photos fused through the lens: the depth that best explains every photo's CoC
+    map (their likelihoods multiplied, `DFDModel.fuse`) → _scenes/<scene_id>.{depth,preview}.png."""
+    import torch
+
+    from dfd_ray.models.nets import coc_gain_px
+    from dfd_ray.models.store import load_model
+
+    if model not in _DEPTHNETS:
+        _DEPTHNETS[model] = load_model(model)[0].depthnet
+    net = _DEPTHNETS[model]
+    row = {"scene_id": group["scene_id"], "members": len(group["members"]), "depth": "", "preview": "", "message": ""}
+    try:
+        members = [np.load(io.BytesIO(storage.read_bytes(defocus_uri(m["depth"]))), allow_pickle=False)
+                   for m in group["members"]]
+    except FileNotFoundError as exc:
+        row["message"] = f"not fused: {exc} (a photo written without defocus maps: re-run with overwrite=true)"
         return row
-    stack = np.stack(depths)
-    valid = (stack > 0).all(axis=0)
-    fused = np.where(valid, np.exp(np.log(np.where(stack > 0, stack, 1.0)).mean(axis=0)), 0.0)
+    shapes = sorted({m["coc"].shape for m in members})
+    if len(shapes) > 1:
+        row["message"] = f"not fused: photo sizes differ ({shapes})"
+        return row
+    maps = {k: torch.from_numpy(np.stack([m[k] for m in members]).astype(np.float32)) for k in ("coc", "coc_scale", "side_logit")}
+    lens = {k: torch.tensor([float(m[k]) for m in group["members"]]) for k in photos.CAMERA_KEYS}
+    gain = coc_gain_px(lens["focus_distance"], lens["focal_length"], lens["f_number"], lens["pixel_size"])
+    with torch.no_grad():
+        log_lik = (net.coc_log_likelihood(maps["coc"], maps["coc_scale"], lens["focus_distance"], gain)
+                   + net.side_log_likelihood(maps["side_logit"], lens["focus_distance"]))
+        fused = net.decode(log_lik.sum(0)).numpy()
     row["depth"] = storage.join(out, SCENES_DIR, f"{group['scene_id']}.depth.png")
     row["preview"] = storage.join(out, SCENES_DIR, f"{group['scene_id']}.preview.png")
     storage.write_bytes(row["depth"], encode_depth_mm(fused))
-    storage.write_bytes(row["preview"], encode_preview(np.where(valid, fused, np.nan)))
+    storage.write_bytes(row["preview"], encode_preview(fused))
     return row
 
 
@@ -325,16 +367,16 @@ def _fuse_scenes(cfg: InferConfig, manifest: pa.Table, run_id: str) -> int:
     import ray.data
 
     groups: dict[str, list[dict]] = {}
-    for row in manifest.select(["input", "depth", "scene_id", "run_id"]).to_pylist():
+    for row in manifest.select(["input", "depth", "scene_id", "run_id", *photos.CAMERA_KEYS]).to_pylist():
         if row["scene_id"]:
             groups.setdefault(row["scene_id"], []).append(row)
-    todo = [{"scene_id": s, "depths": [r["depth"] for r in sorted(rows, key=lambda r: r["input"])]}
+    todo = [{"scene_id": s, "members": sorted(rows, key=lambda r: r["input"])}
             for s, rows in sorted(groups.items()) if len(rows) > 1 and any(r["run_id"] == run_id for r in rows)]
     if not todo:
         return 0
     index_uri = storage.join(cfg.out, SCENES_DIR, "manifest.parquet")
-    rows = ray.data.from_items(todo).map(fuse_scene, fn_kwargs={"out": cfg.out}, num_cpus=cfg.task_cpus,
-                                         **storage.worker_runtime_env()).take_all()
+    rows = ray.data.from_items(todo).map(fuse_scene, fn_kwargs={"out": cfg.out, "model": cfg.model},
+                                         num_cpus=cfg.task_cpus, **storage.worker_runtime_env()).take_all()
     fused = {r["scene_id"] for r in rows}
     if storage.exists(index_uri):
         rows += [r for r in pq.read_table(io.BytesIO(storage.read_bytes(index_uri))).to_pylist() if r["scene_id"] not in fused]

@@ -60,10 +60,11 @@ Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def predict_tiled(images: Sequence[np.ndarray], lens: np.ndarray, forward: Forward, tile: int, overlap: int,
                   batch_size: int, device: str = "cpu") -> tuple[list[np.ndarray], list[int]]:
-    """Depth maps (H, W) for images (H, W, 3) float32 in [0, 1], and the tile count of each.
+    """Maps (C, H, W) for images (H, W, 3) float32 in [0, 1], and the tile count of each.
 
     lens: (N, 4) per image (focus_distance, focal_length, f_number, pixel_size), metres.
-    forward(images (B, 3, h, w), lens (B, 4)) → depth (B, h, w) metres.
+    forward(images (B, 3, h, w), lens (B, 4)) → maps (B, C, h, w), blended across tile overlaps as
+    weighted means (return a depth as its logarithm to blend it in log depth).
     """
     jobs: dict[tuple[int, int], list[tuple[int, Box]]] = {}  # tile shape → (image index, box)
     counts = []
@@ -72,16 +73,18 @@ def predict_tiled(images: Sequence[np.ndarray], lens: np.ndarray, forward: Forwa
         counts.append(len(boxes))
         for box in boxes:
             jobs.setdefault(box[2:], []).append((i, box))
-    log_sum = [np.zeros(im.shape[:2], np.float64) for im in images]
+    sums: list[np.ndarray | None] = [None] * len(images)
     weight_sum = [np.zeros(im.shape[:2], np.float64) for im in images]
     for tiles in jobs.values():
         for start in range(0, len(tiles), batch_size):
             chunk = tiles[start:start + batch_size]
             x = torch.from_numpy(np.stack([images[i][t:t + h, l:l + w] for i, (t, l, h, w) in chunk]))
-            depth = forward(x.permute(0, 3, 1, 2).to(device), torch.from_numpy(lens[[i for i, _ in chunk]]).to(device))
-            depth = depth.float().cpu().numpy()
-            for (i, (t, l, h, w)), d in zip(chunk, depth):
+            maps = forward(x.permute(0, 3, 1, 2).to(device), torch.from_numpy(lens[[i for i, _ in chunk]]).to(device))
+            maps = maps.float().cpu().numpy()
+            for (i, (t, l, h, w)), m in zip(chunk, maps):
+                if sums[i] is None:
+                    sums[i] = np.zeros((m.shape[0], *images[i].shape[:2]), np.float64)
                 weight = blend_weights((t, l, h, w), *images[i].shape[:2], overlap)
-                log_sum[i][t:t + h, l:l + w] += weight * np.log(d)
+                sums[i][:, t:t + h, l:l + w] += weight * m
                 weight_sum[i][t:t + h, l:l + w] += weight
-    return [np.exp(s / w).astype(np.float32) for s, w in zip(log_sum, weight_sum)], counts
+    return [(s / w).astype(np.float32) for s, w in zip(sums, weight_sum)], counts

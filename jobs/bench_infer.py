@@ -53,7 +53,7 @@ def plain_loop(folder: str, model_uri: str, batch: int, tile: int, overlap: int,
     paths, _ = photos.list_photos(f"{folder}/photos")
 
     def forward(x, lens):
-        return model(x, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])["depth"]
+        return torch.log(model(x, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])["depth"])[:, None]
 
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
@@ -64,7 +64,8 @@ def plain_loop(folder: str, model_uri: str, batch: int, tile: int, overlap: int,
             images.append(image.astype(np.float32) / 65535.0)
             lens.append([camera[k] for k in photos.CAMERA_KEYS])
         with torch.inference_mode():
-            depths, _ = predict_tiled(images, np.array(lens, np.float32), forward, tile, overlap, batch, device)
+            maps, _ = predict_tiled(images, np.array(lens, np.float32), forward, tile, overlap, batch, device)
+            depths = [np.exp(m[0]) for m in maps]
         for path, depth in zip(chunk, depths):
             key = f"{folder}/plain/" + photos.photo_key(path, f"{folder}/photos")
             storage.write_bytes(key + ".depth.png", encode_depth_mm(depth))
