@@ -23,7 +23,7 @@ from omegaconf import MISSING
 from dfd_ray import defocus, focalstack, losses, optics, storage, streaming, teachers
 from dfd_ray.config import ConfigError, require, require_choice, save_config
 from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, save_model
-from dfd_ray.models.store import load_model
+from dfd_ray.models.store import load_model, read_meta
 from dfd_ray.ray_session import ensure_ray
 from dfd_ray.services.pool import RemoteRenderLoss, RendererPool
 from dfd_ray.services.renderer import RendererPoolConfig
@@ -68,6 +68,7 @@ class TrainConfig:
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     ray_cpus: int = 4  # logical CPUs of an embedded local Ray (ignored on a cluster)
     run_name: str = "dfd"  # a run with this name under `out` resumes (Ray Train)
+    init: str = ""  # a model URI to start from (fine-tuning, e.g. the shipped model on your own stacks); "" = random
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     renderer: RendererPoolConfig = field(default_factory=lambda: RendererPoolConfig(num_cpus=0.25))
@@ -153,7 +154,7 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
                                         teacher["side_weight"] * two_sided)
     terms["lens_coc"], terms["lens_depth"] = losses.thin_lens_consistency(coc, depth, focus, gain)
     terms["smooth"] = (losses.edge_aware_smoothness(torch.log(out["depth"]), flat)
-                       + losses.edge_aware_smoothness(out["coc"] / cfg.model.max_coc_px, flat))
+                       + losses.edge_aware_smoothness(out["coc"] / model_module(model).cfg.max_coc_px, flat))
 
     service_seconds = 0.0  # time in renderer-service round trips, for the throughput report
     if pool is not None:
@@ -318,7 +319,10 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(max(1, round(cfg.worker_cpus)))
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    model = DFDModel(cfg.model)
+    if cfg.init:  # its architecture, weights and batch-norm statistics; the prior is this data's (below)
+        model = load_model(cfg.init)[0].train()
+    else:
+        model = DFDModel(cfg.model)
     model.depthnet.set_prior(torch.from_numpy(config["prior_depths"]))  # a checkpoint's prior replaces it below
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -400,6 +404,11 @@ def run(cfg: TrainConfig) -> dict:
         stacks = sum(focalstack.read_metadata(shard).num_rows for shard in focalstack.shard_uris(prefix))
     except focalstack.DatasetError as exc:
         raise ConfigError(f"config key 'data': {exc}") from None
+    if cfg.init:
+        try:
+            read_meta(cfg.init)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"config key 'init': {exc}") from None
     if stacks < cfg.num_workers * cfg.batch_size:
         raise ConfigError(
             f"config key 'num_workers': {prefix} holds {stacks} training stack(s); {cfg.num_workers} workers x "

@@ -220,6 +220,18 @@ def test_gt_supervision_needs_no_teachers_or_renderer(ray_session, tmp_path):
     assert [h["step"] for h in history] == [2, 4] and result["renderer"] == []
     assert not list(data.glob("train/teachers/*")) and not (tmp_path / "splats").exists()
     assert history[-1]["teacher_coc"] < history[0]["teacher_coc"]
+    # Fine-tuning starts from a model's weights: at a vanishing rate they stay the model's.
+    train.run(train_cfg(str(data), str(tmp_path / "splats"), tmp_path / "tuned", "steps=2", "supervision=gt",
+                        f"init={tmp_path / 'run' / 'model'}", "lr=1e-12"))
+    start, tuned = load_model(str(tmp_path / "run" / "model"))[0], load_model(str(tmp_path / "tuned" / "model"))[0]
+    weights = [(a, b) for (k, a), b in zip(start.state_dict().items(), tuned.state_dict().values()) if "weight" in k]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in weights)
+
+
+def test_a_bad_init_model_is_a_config_error_before_cluster_work(data, splats, tmp_path):
+    with pytest.raises(ConfigError, match="'init'.*is not a dfd-ray model"):
+        train.run(train_cfg(data, splats, tmp_path / "run", f"init={tmp_path / 'nothing'}"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_learning_rate_steps_down_after_each_decay_step():
