@@ -84,7 +84,8 @@ class TrainConfig:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         require(all(s >= 1 for s in self.lr_decay_at), "lr_decay_at", f"steps must be >= 1, got {self.lr_decay_at}")
-        require(all(v >= 0 for v in self.loss.__dict__.values()), "loss", f"weights must be >= 0, got {self.loss}")
+        require(all(v >= 0 for v in self.loss.__dict__.values()) and any(v > 0 for v in self.loss.__dict__.values()),
+                "loss", f"weights must be >= 0 and one at least > 0, got {self.loss}")
         if not self.renderer.splat_store and self.out != MISSING:
             self.renderer.splat_store = self.splats or storage.join(self.out, "splats")
         if not self.renderer.data and self.data != MISSING:

@@ -243,10 +243,15 @@ def test_learning_rate_steps_down_after_each_decay_step():
 @pytest.mark.parametrize("override, key", [("lr_decay=0", "lr_decay"), ("lr_decay=1.5", "lr_decay"),
                                            ("lr_decay_at=[0]", "lr_decay_at"), ("lr=0", "lr"),
                                            ("ema_decay=1", "ema_decay"), ("ema_decay=-0.1", "ema_decay"),
-                                           ("depth_loss=abs", "depth_loss")])
+                                           ("depth_loss=abs", "depth_loss"), ("loss.side=-1", "loss")])
 def test_bad_learning_rate_schedule_is_a_config_error(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config(train.TrainConfig, ["data=d", "out=o", override])
+
+
+def test_a_loss_with_no_term_switched_on_is_a_config_error():
+    with pytest.raises(ConfigError, match="'loss'.*one at least > 0"):
+        train.TrainConfig(data="d", out="o", loss=train.LossWeights(**{k: 0.0 for k in train.LossWeights.__dataclass_fields__}))
 
 
 def test_resume_continues_at_the_saved_step(ray_session, data, splats, tmp_path):
