@@ -147,13 +147,15 @@ def test_tiled_prediction_matches_whole_image_away_from_seams():
     with torch.no_grad():  # the side head starts at zero; give the side net's context a say
         model.depthnet.side.head.weight.normal_()
 
-    def forward(x, lens):
-        return model(x, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])["depth"]
+    def forward(x, lens):  # log depth and the CoC, blended across tiles alike
+        out = model(x, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])
+        return torch.stack([torch.log(out["depth"]), out["coc"]], 1)
 
     image = _texture(320, 336, seed=3).astype(np.float32) / 255
     lens = np.array([[0.5, 2.9e-3, 1.0, 1.2e-5]], np.float32)
-    (whole,), (n_whole,) = predict_tiled([image], lens, forward, tile=512, overlap=0, batch_size=4)
-    (tiled,), (n_tiled,) = predict_tiled([image], lens, forward, tile=160, overlap=32, batch_size=4)
+    (whole_maps,), (n_whole,) = predict_tiled([image], lens, forward, tile=512, overlap=0, batch_size=4)
+    (tiled_maps,), (n_tiled,) = predict_tiled([image], lens, forward, tile=160, overlap=32, batch_size=4)
+    whole, tiled = np.exp(whole_maps[0]), np.exp(tiled_maps[0])
     assert n_whole == 1 and n_tiled >= 4
     h, w = image.shape[:2]
     distance = np.full((h, w), 10**6)
@@ -167,6 +169,7 @@ def test_tiled_prediction_matches_whole_image_away_from_seams():
     far = distance >= 48  # beyond the networks' receptive field from any tile edge
     assert far.mean() > 0.05
     assert rel[far].max() < 1e-4, rel[far].max()
+    assert np.abs(tiled_maps[1] - whole_maps[1])[far].max() < 1e-4  # the CoC map too
     assert np.median(rel) < 1e-3 and rel.max() < 0.1  # and seams are blended, not stepped
 
 
@@ -322,3 +325,42 @@ def test_config_errors_fail_before_any_work(model_uri, tmp_path, capsys, overrid
     assert cli.main(["infer", *[f"{k}={v}" for k, v in base.items()]]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_model_loads_and_infers_a_photo_with_no_model_given(ray_session, tmp_path):
+    from dfd_ray.importers.common import read_depth
+    from dfd_ray.models.store import SHIPPED, load_model
+
+    model, meta = load_model("")  # "" is the shipped fod500 model (docs/model_card.md)
+    assert meta["supervision"] == "self" and meta["trained_steps"] > 0
+    assert sum(os.path.getsize(os.path.join(SHIPPED, f)) for f in os.listdir(SHIPPED)) < 10 * 2**20
+    storage.write_bytes(str(tmp_path / "photos" / "p.png"), _png(_texture(64, 72, 9)))
+    cfg = load_config(infer.InferConfig, [f"input={tmp_path / 'photos'}", f"out={tmp_path / 'depth'}", "ray_cpus=4",
+                                          "camera.focus_distance=0.3", "camera.focal_length=0.0029",
+                                          "camera.f_number=1.0", "camera.pixel_size=1.2e-5"])
+    assert infer.run(cfg)["done"] == 1
+    row = _table(str(tmp_path / "depth"), "manifest")[0]
+    depth = read_depth(row["depth"])  # 16-bit millimetres
+    assert depth.shape == (64, 72) and np.isfinite(depth).all()
+    lo, hi = model.cfg.min_depth, model.cfg.max_depth
+    assert lo - 1e-3 <= depth.min() and depth.max() <= hi + 1e-3
+
+
+@pytest.mark.parametrize("depth_m", [0.2, 0.45])
+def test_scene_fusion_recovers_a_depth_through_the_lens_on_either_side(model_uri, tmp_path, depth_m):
+    from dfd_ray import optics
+    from dfd_ray.importers.common import read_depth
+
+    # Two photos of one flat surface focused at 0.3 m and 0.7 m, their defocus maps exact: either
+    # photo alone has a root on each side of its focus plane, together they have one depth.
+    members = []
+    for k, s in enumerate((0.3, 0.7)):
+        coc = np.full((8, 8), optics.coc_px(depth_m, s, 2.9e-3, 1.0, 1.2e-5), np.float32)
+        maps = np.stack([np.zeros_like(coc), coc, np.log(np.full_like(coc, 0.05)), np.zeros_like(coc)])
+        depth_uri = str(tmp_path / f"p{k}.depth.png")
+        storage.write_bytes(infer.defocus_uri(depth_uri), infer.encode_defocus(maps))
+        members.append({"input": f"p{k}", "depth": depth_uri, "focus_distance": s, "focal_length": 2.9e-3,
+                        "f_number": 1.0, "pixel_size": 1.2e-5})
+    row = infer.fuse_scene({"scene_id": "flat", "members": members}, str(tmp_path), model_uri)
+    assert row["message"] == "" and row["members"] == 2
+    assert float(np.median(read_depth(row["depth"]))) == pytest.approx(depth_m, rel=0.03)
