@@ -172,7 +172,7 @@ class DepthPredictor:
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
-        depth, tiles = [b""] * n, [0] * n
+        maps, tiles = [b""] * n, [0] * n
         stage, message = list(batch["stage"]), list(batch["message"])
         ok = [i for i in range(n) if not stage[i]]
         try:
@@ -186,11 +186,11 @@ class DepthPredictor:
                     groups.append([i])
                 except Exception as exc:
                     stage[i], message[i] = "predict", f"{type(exc).__name__}: {exc}"
-        for rows, (maps, counts) in zip(groups, results):
-            for i, m, c in zip(rows, maps, counts):  # MAPS, (4, H, W)
-                depth[i], tiles[i] = m.astype(np.float32).tobytes(), c
+        for rows, (predicted, counts) in zip(groups, results):
+            for i, m, c in zip(rows, predicted, counts):  # MAPS, (4, H, W)
+                maps[i], tiles[i] = m.astype(np.float32).tobytes(), c
         out = {k: v for k, v in batch.items() if k != "pixels"}
-        out.update(depth=np.array(depth, dtype=object), tiles=np.array(tiles), stage=np.array(stage),
+        out.update(maps=np.array(maps, dtype=object), tiles=np.array(tiles), stage=np.array(stage),
                    message=np.array(message))
         return out
 
@@ -212,7 +212,7 @@ def write_outputs(batch: dict, out: str, run_id: str, model_id: str) -> dict:
         if not stage:
             try:
                 h, w = int(batch["height"][i]), int(batch["width"][i])
-                maps = np.frombuffer(batch["depth"][i], np.float32).reshape(len(MAPS), h, w)
+                maps = np.frombuffer(batch["maps"][i], np.float32).reshape(len(MAPS), h, w)
                 depth = np.exp(maps[0])
                 depth_uri = storage.join(out, batch["key"][i] + ".depth.png")
                 preview_uri = storage.join(out, batch["key"][i] + ".preview.png")
