@@ -105,16 +105,16 @@ def _stages(cfg: DemoConfig) -> dict:
     photos_dir = storage.join(cfg.out, "photos")
     manifest = _export_photos(storage.join(data, "test"), photos_dir)
     results = {}
-    for name, model in (("demo", trained["model"]), ("shipped", "")):
+    # The shipped model is what `eval` and `infer` take when no model is given.
+    for name, model in (("demo", [f"model={trained['model']}"]), ("shipped", [])):
         metrics_dir = storage.join(cfg.out, f"eval_{name}")
         _step(f"evaluate the {name} model on the held-out stacks → {metrics_dir}")
         evaluate.run(load_config(evaluate.EvalConfig, [
-            f"model={model}", f"data={data}", f"out={metrics_dir}", f"splats={storage.join(fitted, 'splats')}"]))
+            *model, f"data={data}", f"out={metrics_dir}", f"splats={storage.join(fitted, 'splats')}"]))
         depth_dir = storage.join(cfg.out, f"depth_{name}")
         t = _step(f"batch inference with the {name} model: test slices as PNG photos + camera manifest → {depth_dir}")
         inferred = infer.run(load_config(infer.InferConfig, [
-            f"model={model}", f"input={photos_dir}", f"manifest={manifest}", f"out={depth_dir}",
-            f"ray_cpus={cfg.ray_cpus}"]))
+            *model, f"input={photos_dir}", f"manifest={manifest}", f"out={depth_dir}", f"ray_cpus={cfg.ray_cpus}"]))
         print(f"   ({time.perf_counter() - t:.0f} s)")
         results[name] = {"metrics": storage.join(metrics_dir, "metrics.json"),
                          "inference": {k: inferred[k] for k in ("done", "errors", "scenes_fused", "images_per_s")}
