@@ -290,16 +290,17 @@ def read_metadata(shard: str) -> pq.FileMetaData:
     return _read_checked(shard, pq.read_metadata, lambda meta: meta.schema.to_arrow_schema())
 
 
+def shard_scene_ids(shard: str) -> list[str]:
+    """The scene ids of one shard, in row order (reads one column)."""
+    fs, path = storage.filesystem(shard)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist()
+
+
 def scene_index(uri: str) -> dict[str, str]:
     """scene_id → shard URI for every stack under a dataset root or prefix (reads one column)."""
-    index: dict[str, str] = {}
-    for prefix in dataset_prefixes(uri):
-        for shard in shard_uris(prefix):
-            fs, path = storage.filesystem(shard)
-            with fs.open(path, "rb") as f:
-                for sid in pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist():
-                    index[sid] = shard
-    return index
+    return {sid: shard for prefix in dataset_prefixes(uri) for shard in shard_uris(prefix)
+            for sid in shard_scene_ids(shard)}
 
 
 def read_stack(shard: str, scene_id: str) -> FocalStack:

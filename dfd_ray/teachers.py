@@ -150,12 +150,6 @@ def read_sidecar(uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _shard_scene_ids(shard: str) -> list[str]:
-    fs, path = storage.filesystem(shard)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist()
-
-
 def sidecar_is_current(shard: str) -> bool:
     """Whether the shard's sidecar exists and holds exactly its scenes."""
     uri = sidecar_uri(shard)
@@ -167,7 +161,7 @@ def sidecar_is_current(shard: str) -> bool:
             ids = pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist()
     except Exception:
         return False  # torn or foreign: recompute it
-    return sorted(ids) == sorted(_shard_scene_ids(shard))
+    return sorted(ids) == sorted(focalstack.shard_scene_ids(shard))
 
 
 def teach_shard(shard: str, splat_store: str = "") -> dict:
