@@ -18,8 +18,9 @@ where the prior is a depth histogram (set from the training teachers) and z a si
 small U-Net predicts from the image and the CoC (+ for the bins in front of the focus plane, -
 behind), trained so that the posterior's side (`near_logit`) matches the teacher's. Equal blur has one depth on each side of s; the prior and z choose between them. The
 depth is the AbsRel-optimal point of the posterior: its median weighted by 1/t (`weighted_median`),
-the same statistic as the benchmark's best constant. Metric scale comes from G and s alone, so a
-model carries over to another lens and pitch. A splat depth, where given, adds one more factor
+the same statistic as the benchmark's best constant. Metric scale comes from G and s alone (needed
+for a model to carry over to another lens and pitch; one trained on a single camera does not,
+docs/benchmarks.md). A splat depth, where given, adds one more factor
 (a log-normal around it, weighted by its confidence); `DFDModel.fuse` multiplies the likelihoods
 of several photos of one scene, which settles the side physically.
 
