@@ -2,11 +2,12 @@
 
 No GT and no all-in-focus image: a scene's teacher depth is its splat fit's depth where a fit
 exists (`splats=` a store of `dfd-ray fit`), else the classical stack depth (`stack_depth`: depth
-from focus and relative blur combined; a fraction of a second per 64² stack). Through the thin lens the one depth map gives every slice its target
-CoC, c_t = G_s |1/d - 1/s| px, and its side of the focus plane; the training step derives both
-(`train.teacher_targets`), so the sidecar stores one depth map per scene, not one per slice.
+from focus and relative blur combined; a fraction of a second per 64² stack). Through the thin
+lens the one depth map gives every slice its target CoC, c_t = G_s |1/d - 1/s| px, and its side of
+the focus plane; the training step derives both (`train.teacher_targets`), so the sidecar stores
+one depth map per scene, not one per slice.
 
-Sidecar format (docs/design.md, "Dataset format"): beside the dataset's shards, a folder
+Sidecar format (docs/design.md §7): beside the dataset's shards, a folder
 `<prefix>/teachers/` with one `part-NNNNN.parquet` per dataset shard of the same name, holding a
 row per stack of that shard:
 
