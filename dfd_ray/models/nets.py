@@ -1,8 +1,8 @@
 """SDNet (one image → CoC map and its uncertainty) and DepthNet (CoC → metric depth through the lens).
 
 Lens encoding. The CoC of a point at depth d is c = G |1/d - 1/s| pixels, with G = A v / p the
-lens's CoC gain in pixel·metres (A aperture, v image distance, p pixel pitch; docs/design.md,
-"Optics"). Both networks see the focus distance s and G as constant input planes (log-scaled).
+lens's CoC gain in pixel·metres (A aperture, v image distance, p pixel pitch; docs/design.md
+§2). Both networks see the focus distance s and G as constant input planes (log-scaled).
 
 SDNet reads blur. Besides the image it sees three difference-of-Gaussian luminance bands divided
 by the local contrast: the ratio of fine to coarse detail is what blur changes, and dividing by
