@@ -3,7 +3,7 @@ constant and classical depth from focus, on held-out stacks no training saw.
 
 Smoke run (minutes on 2 CPU cores; shows the pipeline, not accuracy):
 
-    .venv/bin/python jobs/bench_accuracy.py --out /tmp/bench_smoke
+    .venv/bin/python jobs/bench_accuracy.py
 
 The recipe's run (docs/benchmarks.md): 1,200 generated fod500 stacks of 64², 40 held-out, the
 TrainConfig defaults for both supervision modes:
@@ -35,6 +35,7 @@ import contextlib
 import io
 import json
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -59,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--test", action="append", default=[], metavar="URI", help="more held-out sets to score")
     p.add_argument("--model", action="append", default=[], metavar="NAME=URI", help="more models to score")
-    p.add_argument("--out", required=True, help="local folder: runs, evaluations, tables")
+    p.add_argument("--out", default="", help="local folder: runs, evaluations, tables (default: a new temp dir)")
     return p.parse_args(argv)
 
 
@@ -159,6 +160,7 @@ def tables(results: dict) -> tuple[str, list[str]]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.out = args.out or tempfile.mkdtemp(prefix="bench_accuracy_")
     os.makedirs(args.out, exist_ok=True)
     root = ensure_data(args)
     runs = {}
