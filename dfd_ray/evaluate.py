@@ -49,13 +49,6 @@ class EvalConfig:
         require(self.max_stacks >= 0, "max_stacks", "must be >= 0")
 
 
-def eval_prefix(data: str) -> str:
-    """The prefix `eval` scores: a dataset root's test/ split, else its first (or only) prefix."""
-    prefixes = focalstack.dataset_prefixes(data)
-    test = [p for p in prefixes if p.rstrip("/").endswith("test")]
-    return (test or prefixes)[0]
-
-
 @torch.no_grad()
 def predict_slices(model, stack: focalstack.FocalStack, prior: tuple[np.ndarray, np.ndarray] | None = None,
                    device: str = "cpu") -> dict[str, np.ndarray]:
@@ -118,7 +111,7 @@ def run(cfg: EvalConfig) -> dict:
     cfg.model = model_uri(cfg.model)
     try:
         model, meta = load_model(cfg.model, cfg.device)
-        prefix = eval_prefix(cfg.data)
+        prefix = focalstack.split_prefix(cfg.data, "test")
     except (FileNotFoundError, ValueError) as exc:  # a DatasetError or a model of another architecture
         raise ConfigError(str(exc)) from None
     save_config(cfg, cfg.out)

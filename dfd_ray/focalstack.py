@@ -251,6 +251,14 @@ def dataset_prefixes(uri: str) -> list[str]:
     return found
 
 
+def split_prefix(uri: str, split: str) -> str:
+    """The prefix of `split` ("train" or "test") under a dataset root, else the root's first (or
+    only) prefix: what training reads and what evaluation scores."""
+    prefixes = dataset_prefixes(uri)
+    matching = [p for p in prefixes if p.rstrip("/").endswith(split)]
+    return (matching or prefixes)[0]
+
+
 def _schema_problems(schema: pa.Schema) -> list[str]:
     problems = []
     version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY)

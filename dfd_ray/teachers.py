@@ -178,13 +178,6 @@ def teach_shard(shard: str, splat_store: str = "") -> dict:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def train_prefix(data: str) -> str:
-    """The prefix training reads: a dataset root's train/ split, else its first (or only) prefix."""
-    prefixes = focalstack.dataset_prefixes(data)
-    train = [p for p in prefixes if p.rstrip("/").endswith("train")]
-    return (train or prefixes)[0]
-
-
 def ensure_teachers(prefix: str, splat_store: str = "", task_cpus: float = 0.5, overwrite: bool = False) -> dict:
     """Sidecars for every shard of `prefix` (Ray tasks for the missing or stale ones, on the
     running Ray session); returns what was done."""
@@ -215,7 +208,7 @@ def teacher_depths(prefix: str, max_pixels: int = 2_000_000, seed: int = 0) -> n
 
 def run(cfg: TeachConfig) -> dict:
     try:
-        prefix = train_prefix(cfg.data)
+        prefix = focalstack.split_prefix(cfg.data, "train")
     except DatasetError as exc:
         raise ConfigError(f"config key 'data': {exc}") from None
     started = ensure_ray(cfg.ray_cpus)

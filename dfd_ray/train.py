@@ -401,7 +401,7 @@ def run(cfg: TrainConfig) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     try:
-        prefix = teachers.train_prefix(cfg.data)  # fails here, before any cluster work
+        prefix = focalstack.split_prefix(cfg.data, "train")  # fails here, before any cluster work
         stacks = sum(focalstack.read_metadata(shard).num_rows for shard in focalstack.shard_uris(prefix))
     except focalstack.DatasetError as exc:
         raise ConfigError(f"config key 'data': {exc}") from None

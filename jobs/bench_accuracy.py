@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from dfd_ray import evaluate, focalstack, storage, synth, teachers, train
+from dfd_ray import evaluate, focalstack, storage, synth, train
 from dfd_ray.config import load_config
 from dfd_ray.metrics import best_constant, depth_metrics, mean_metrics
 
@@ -170,13 +170,13 @@ def main(argv=None) -> None:
             print(f"trained {mode}: {runs[mode]}", flush=True)
     models = {name: run["model"] for name, run in runs.items()}
     models |= dict(item.split("=", 1) for item in args.model)
-    train_prefix = teachers.train_prefix(root)
+    train_prefix = focalstack.split_prefix(root, "train")
     scores: dict = {}
     for test in [root, *args.test]:
-        test_prefix = evaluate.eval_prefix(test)
+        test_prefix = focalstack.split_prefix(test, "test")
         # The constant comes from the training GT of the test set's own dataset (its camera and
         # depths), or from the held-out GT itself where it has no training split (an oracle constant).
-        const_prefix = teachers.train_prefix(test) if test_prefix != teachers.train_prefix(test) else test_prefix
+        const_prefix = focalstack.split_prefix(test, "train") if test_prefix != focalstack.split_prefix(test, "train") else test_prefix
         for mask in MASKS:
             label = "all GT" if mask is None else f"GT <= {mask} m"
             entry = {"constant": constant_row(const_prefix, test_prefix, mask), "models": {}}
