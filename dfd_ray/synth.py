@@ -89,27 +89,38 @@ def _palette(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
 
 
 def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A natural-looking texture (H, W, 3) in [0, 1]: coloured 1/f noise, warped stripes or cells.
+    """A texture (H, W, 3) in [0, 1] with the statistics of natural surfaces.
 
-    Every kind carries fine detail on top, because blur is only visible where there is texture.
+    Kinds: coloured 1/f noise of a random spectral slope, warped stripes, flat-coloured cells
+    (sharp edges, nothing between them) and smooth shading (almost no texture). Contrast and the
+    amount of fine detail vary from none to strong. A net that only ever saw fine detail everywhere
+    reads a smooth-but-sharp region as blur; here smoothness alone says nothing about the CoC, so it
+    must learn to read edges and detail where they exist and to be unsure elsewhere
+    (docs/design.md §8).
     """
-    kind = rng.integers(3)
+    kind = rng.choice(4, p=[0.35, 0.2, 0.25, 0.2])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     if kind == 0:
-        t = 0.5 + 0.22 * _pink_noise(rng, h, w, rng.uniform(1.4, 2.4))
+        t = 0.5 + 0.22 * _pink_noise(rng, h, w, rng.uniform(1.2, 2.8))
     elif kind == 1:
         angle = rng.uniform(0, np.pi)
         period = rng.uniform(4, 16)  # pixels
         warp = 3.0 * _pink_noise(rng, h, w, 2.5)
         phase = (np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period + warp
         t = 0.5 + 0.4 * np.sin(phase)
-    else:
-        n = int(rng.integers(12, 48))
+    elif kind == 2:
+        n = int(rng.integers(6, 48))
         centres = rng.uniform(0, [h, w], size=(n, 2))
         d = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
         t = rng.uniform(0, 1, n)[d.argmin(-1)]
-    detail = _pink_noise(rng, h, w, rng.uniform(0.5, 1.2))
-    image = _palette(rng, t) * (1 + 0.15 * detail[..., None])
+    else:
+        t = 0.5 + 0.2 * _pink_noise(rng, h, w, rng.uniform(3.0, 4.0))
+    contrast = rng.uniform(0.3, 1.0)
+    t = 0.5 + contrast * (t - 0.5)
+    # Fine detail: none on a quarter of the surfaces, else log-uniform in amplitude.
+    amplitude = 0.0 if rng.random() < 0.25 else float(np.exp(rng.uniform(np.log(0.01), np.log(0.25))))
+    detail = _pink_noise(rng, h, w, rng.uniform(0.5, 1.6))
+    image = _palette(rng, t) * (1 + amplitude * detail[..., None])
     return np.clip(image, 0, 1).astype(np.float32)
 
 
