@@ -82,12 +82,6 @@ def _disc_kernel(diameter_px: float, oversample: int) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
-def coc_gain_px(focus_distance: float, focal_length: float, f_number: float, pixel_size: float) -> float:
-    """G in c_px = G |1/d - 1/s| (pixel metres): aperture × image distance / pitch."""
-    v = optics.image_distance(focus_distance, focal_length)
-    return optics.aperture_diameter(focal_length, f_number) * v / pixel_size
-
-
 def render_focal_stack(
     surfaces: list[Surface],
     focus_distances: list[float] | np.ndarray,
@@ -98,7 +92,7 @@ def render_focal_stack(
 ) -> np.ndarray:
     """Render the surfaces (far to near) at each focus distance: (S, H, W, 3) linear float32."""
     distances = [float(s) for s in focus_distances]
-    gains = [coc_gain_px(s, focal_length, f_number, pixel_size) for s in distances]
+    gains = [optics.coc_gain_px(s, focal_length, f_number, pixel_size) for s in distances]
     bin_width = bin_px / max(gains)  # inverse-depth width of one slab [1/m]
 
     planes: list[np.ndarray] = []  # premultiplied rgb + alpha, one (4, H, W) per slab
@@ -115,7 +109,7 @@ def render_focal_stack(
             alpha = np.where(mask, surface.alpha, 0.0).astype(np.float32)
             rep = float(inv[mask].mean())
             planes.append(np.concatenate([surface.color.transpose(2, 0, 1) * alpha, alpha[None]], 0))
-            slab_cocs.append([g * abs(rep - 1.0 / s) for g, s in zip(gains, distances)])
+            slab_cocs.append([optics.coc_px_at_inverse_depth(rep, s, g) for g, s in zip(gains, distances)])
             owner.append(index)
     if not planes:
         raise ValueError("scene has no visible surface (every alpha is 0)")
@@ -172,11 +166,3 @@ def _blur_slabs(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         out.append(full[..., ksize - 1 : ksize - 1 + h, ksize - 1 : ksize - 1 + w])
     return torch.stack(out)
 
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0, 1)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)

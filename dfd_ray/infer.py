@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import MISSING
 
-from dfd_ray import focalstack, photos, storage
+from dfd_ray import focalstack, optics, photos, storage
 from dfd_ray.config import ConfigError, require, require_choice, save_config
 from dfd_ray.depth_png import encode_depth_mm, encode_preview
 from dfd_ray.ray_session import ensure_ray
@@ -275,7 +275,6 @@ def fuse_scene(group: dict, out: str, model: str) -> dict:
     map (their likelihoods multiplied, `DFDModel.fuse`) → _scenes/<scene_id>.{depth,preview}.png."""
     import torch
 
-    from dfd_ray.models.nets import coc_gain_px
     from dfd_ray.models.store import load_model
 
     if model not in _DEPTHNETS:
@@ -294,7 +293,7 @@ def fuse_scene(group: dict, out: str, model: str) -> dict:
         return row
     maps = {k: torch.from_numpy(np.stack([m[k] for m in members]).astype(np.float32)) for k in ("coc", "coc_scale", "side_logit")}
     lens = {k: torch.tensor([float(m[k]) for m in group["members"]]) for k in photos.CAMERA_KEYS}
-    gain = coc_gain_px(lens["focus_distance"], lens["focal_length"], lens["f_number"], lens["pixel_size"])
+    gain = optics.coc_gain_px(lens["focus_distance"], lens["focal_length"], lens["f_number"], lens["pixel_size"])
     with torch.no_grad():
         log_lik = (net.coc_log_likelihood(maps["coc"], maps["coc_scale"], lens["focus_distance"], gain)
                    + net.side_log_likelihood(maps["side_logit"], lens["focus_distance"]))

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from dfd_ray import optics
+
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "mae", "mse", "delta1", "delta2", "delta3")
 COC_KEYS = ("coc_mae_px", "gt_coc_mean_px")
 SIDE_KEYS = ("abs_rel_true_side", "abs_rel_true_coc", "wrong_side")
@@ -69,7 +71,7 @@ def side_metrics(pred_depth: np.ndarray, pred_coc_px: np.ndarray, gt_depth: np.n
     """Where one slice's single-image depth error comes from: the blur or its side.
 
     A CoC c has two depths, one on each side of the focus plane s: 1/d = 1/s ± c/G (G in pixel
-    metres, `defocus.coc_gain_px`). Over the valid GT pixels:
+    metres, `optics.coc_gain_px`). Over the valid GT pixels:
     - `abs_rel_true_side`: AbsRel of the thin-lens inverse of the predicted CoC taken on the GT side,
       the error left if the side were known;
     - `abs_rel_true_coc`: AbsRel of the GT CoC taken on the side of the predicted depth, the error
@@ -87,11 +89,11 @@ def side_metrics(pred_depth: np.ndarray, pred_coc_px: np.ndarray, gt_depth: np.n
     g = gt_depth[mask].astype(np.float64)
     pred_side = np.sign(1.0 / np.maximum(pred_depth[mask].astype(np.float64), 1e-6) - 1.0 / focus_distance)
     gt_side = np.sign(1.0 / g - 1.0 / focus_distance)
-    gt_coc = gain_px_m * np.abs(1.0 / g - 1.0 / focus_distance)
+    gt_coc = optics.coc_px_at_inverse_depth(1.0 / g, focus_distance, gain_px_m)
     lo, hi = depth_range
 
     def inverse(side: np.ndarray, coc: np.ndarray) -> np.ndarray:
-        return 1.0 / np.clip(1.0 / focus_distance + side * coc / gain_px_m, 1.0 / hi, 1.0 / lo)
+        return 1.0 / np.clip(optics.inverse_depth_at_coc_px(coc, side, focus_distance, gain_px_m), 1.0 / hi, 1.0 / lo)
 
     apart = gt_coc >= min_coc_px
     return {

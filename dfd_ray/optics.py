@@ -77,6 +77,23 @@ def coc_gain(focus_distance: Num, focal_length: Num, f_number: Num) -> Num:
     return (focal_length / f_number) * focal_length / (focus_distance - focal_length)
 
 
+def coc_gain_px(focus_distance: Num, focal_length: Num, f_number: Num, pixel_size: Num) -> Num:
+    """G = A v / p [pixel·metres]: the CoC in pixels is G |1/d - 1/s|, linear in inverse depth."""
+    _require_positive("pixel_size", pixel_size)
+    return aperture_diameter(focal_length, f_number) * image_distance(focus_distance, focal_length) / pixel_size
+
+
+def coc_px_at_inverse_depth(inverse_depth: Num, focus_distance: Num, gain_px: Num) -> Num:
+    """CoC [px] of a point at inverse depth u [1/m]: G |u - 1/s|, G from `coc_gain_px`."""
+    return gain_px * _abs(inverse_depth - 1.0 / focus_distance)
+
+
+def inverse_depth_at_coc_px(coc_px_: Num, side: Num, focus_distance: Num, gain_px: Num) -> Num:
+    """The inverse depth [1/m] on `side` (+1 in front of the focus plane, -1 behind it) that blurs to
+    `coc_px_` pixels: 1/s + side · c / G. Behind the plane it can reach 0 or below (no finite depth)."""
+    return 1.0 / focus_distance + side * coc_px_ / gain_px
+
+
 def coc_signed(depth: Num, focus_distance: Num, focal_length: Num, f_number: Num) -> Num:
     """Signed CoC diameter on the sensor [m]; positive for points behind the focus plane."""
     _require_positive("depth", depth)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dfd_ray import optics
-from dfd_ray.defocus import srgb_to_linear
+from dfd_ray.imaging import srgb_to_linear
 from dfd_ray.filters import gaussian_blur
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import MISSING
 
-from dfd_ray import defocus, optics, storage
+from dfd_ray import defocus, imaging, optics, storage
 from dfd_ray.config import require, require_choice, save_config
 from dfd_ray.focalstack import FocalStack, stack_to_row, write_stacks
 
@@ -88,7 +88,7 @@ def _palette(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
     return np.where(t < 0.5, lower, colours[1] + (colours[2] - colours[1]) * np.clip(2 * t - 1, 0, 1))
 
 
-def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def texture(rng: np.random.Generator, h: int, w: int, textured_everywhere: bool = False) -> np.ndarray:
     """A texture (H, W, 3) in [0, 1] with the statistics of natural surfaces.
 
     Kinds: coloured 1/f noise of a random spectral slope, warped stripes, flat-coloured cells
@@ -96,9 +96,10 @@ def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     amount of fine detail vary from none to strong. A net that only ever saw fine detail everywhere
     reads a smooth-but-sharp region as blur; here smoothness alone says nothing about the CoC, so it
     must learn to read edges and detail where they exist and to be unsure elsewhere
-    (docs/design.md §8).
+    (docs/design.md §8). `textured_everywhere` draws only full-contrast 1/f noise or stripes with
+    fine detail, for checks that need blur to be readable at every pixel.
     """
-    kind = rng.choice(4, p=[0.35, 0.2, 0.25, 0.2])
+    kind = rng.choice(2) if textured_everywhere else rng.choice(4, p=[0.35, 0.2, 0.25, 0.2])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     if kind == 0:
         t = 0.5 + 0.22 * _pink_noise(rng, h, w, rng.uniform(1.2, 2.8))
@@ -115,10 +116,12 @@ def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         t = rng.uniform(0, 1, n)[d.argmin(-1)]
     else:
         t = 0.5 + 0.2 * _pink_noise(rng, h, w, rng.uniform(3.0, 4.0))
-    contrast = rng.uniform(0.3, 1.0)
-    t = 0.5 + contrast * (t - 0.5)
-    # Fine detail: none on a quarter of the surfaces, else log-uniform in amplitude.
-    amplitude = 0.0 if rng.random() < 0.25 else float(np.exp(rng.uniform(np.log(0.01), np.log(0.25))))
+    if textured_everywhere:
+        amplitude = 0.15
+    else:
+        t = 0.5 + rng.uniform(0.3, 1.0) * (t - 0.5)  # contrast
+        # Fine detail: none on a quarter of the surfaces, else log-uniform in amplitude.
+        amplitude = 0.0 if rng.random() < 0.25 else float(np.exp(rng.uniform(np.log(0.01), np.log(0.25))))
     detail = _pink_noise(rng, h, w, rng.uniform(0.5, 1.6))
     image = _palette(rng, t) * (1 + amplitude * detail[..., None])
     return np.clip(image, 0, 1).astype(np.float32)
@@ -181,7 +184,7 @@ def make_scene(cfg: SynthConfig, index: int, split: str) -> FocalStack:
     d_lo, d_hi = cfg.depth_range()
     inv_lo, inv_hi = 1.0 / d_hi, 1.0 / d_lo
     # Shapes must stand clearly in front of what they cover: at least one slab of CoC nearer.
-    gain = max(defocus.coc_gain_px(s, preset.focal_length, preset.f_number, preset.pixel_size)
+    gain = max(optics.coc_gain_px(s, preset.focal_length, preset.f_number, preset.pixel_size)
                for s in preset.focus_distances)
     margin = cfg.bin_px / gain
 
@@ -201,7 +204,7 @@ def make_scene(cfg: SynthConfig, index: int, split: str) -> FocalStack:
         surfaces.append(defocus.Surface(texture(rng, h, w), alpha, inv))
         visible_inv = np.where(alpha >= 0.5, inv, visible_inv)
 
-    linear = [defocus.Surface(defocus.srgb_to_linear(s.color), s.alpha, s.inv_depth) for s in surfaces]
+    linear = [defocus.Surface(imaging.srgb_to_linear(s.color), s.alpha, s.inv_depth) for s in surfaces]
     stack = defocus.render_focal_stack(
         linear, preset.focus_distances, preset.focal_length, preset.f_number, preset.pixel_size, cfg.bin_px
     )
@@ -213,7 +216,7 @@ def make_scene(cfg: SynthConfig, index: int, split: str) -> FocalStack:
         aif = s.color * s.alpha[..., None] + aif * (1 - s.alpha[..., None])
     return FocalStack(
         scene_id=f"synth-{split}-{cfg.seed}-{index:06d}",
-        images=_to_uint8(defocus.linear_to_srgb(stack)),
+        images=_to_uint8(imaging.linear_to_srgb(stack)),
         focus_distances=np.asarray(preset.focus_distances, np.float32),
         focal_length=preset.focal_length,
         f_number=preset.f_number,

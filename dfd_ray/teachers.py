@@ -34,9 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import MISSING
 
-from dfd_ray import focalstack, storage
+from dfd_ray import focalstack, optics, storage
 from dfd_ray.config import ConfigError, require
-from dfd_ray.defocus import coc_gain_px
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.relative_blur import depth_from_relative_blur
 from dfd_ray.focalstack import DatasetError, FocalStack
@@ -94,7 +93,7 @@ def stack_depth(stack: FocalStack) -> tuple[np.ndarray, np.ndarray]:
     images = stack.images_float()
     dff, dff_conf = depth_from_focus(images, stack.focus_distances)
     rel = depth_from_relative_blur(images, stack.focus_distances, stack.focal_length, stack.f_number, stack.pixel_size)
-    gain = float(np.mean([coc_gain_px(float(s), stack.focal_length, stack.f_number, stack.pixel_size)
+    gain = float(np.mean([optics.coc_gain_px(float(s), stack.focal_length, stack.f_number, stack.pixel_size)
                           for s in stack.focus_distances]))  # px·m: CoC difference = gain · |Δ(1/d)|
     disagreement_px = gain * np.abs(1.0 / dff - 1.0 / rel)
     depth = 2.0 / (1.0 / dff + 1.0 / rel)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from dfd_ray import defocus, focalstack, losses, optics, storage, streaming, teachers
+from dfd_ray import focalstack, imaging, losses, optics, storage, streaming, teachers
 from dfd_ray.config import ConfigError, require, require_choice, save_config
-from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, save_model
+from dfd_ray.models import DFDModel, ModelConfig, save_model
 from dfd_ray.models.store import load_model, read_meta
 from dfd_ray.ray_session import ensure_ray
 from dfd_ray.services.pool import RemoteRenderLoss, RendererPool
@@ -137,7 +137,7 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
     b, s, _, h, w = images.shape
     focus = batch["focus_distances"].float()  # (B, S)
     lens = {k: batch[k].float()[:, None].expand(b, s) for k in ("focal_length", "f_number", "pixel_size")}
-    gain = coc_gain_px(focus, lens["focal_length"], lens["f_number"], lens["pixel_size"])
+    gain = optics.coc_gain_px(focus, lens["focal_length"], lens["f_number"], lens["pixel_size"])
     flat = images.reshape(b * s, 3, h, w)
     out = model(flat, focus.reshape(-1), *(lens[k].reshape(-1) for k in ("focal_length", "f_number", "pixel_size")))
     coc, depth = out["coc"].reshape(b, s, h, w), out["depth"].reshape(b, s, h, w)
@@ -169,7 +169,7 @@ def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: R
             terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None], cfg.depth_loss)
         if cfg.loss.render > 0:
             # The renderer sees the sensor as it is: undo the crop's flips on maps and targets.
-            targets = torch.from_numpy(defocus.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
+            targets = torch.from_numpy(imaging.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
             targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
             terms["render"] = RemoteRenderLoss.apply(
                 _flip(coc, batch["flipped"]).reshape(b * s, h, w), pool,

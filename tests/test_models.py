@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dfd_ray import optics
-from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px
+from dfd_ray.models import DFDModel, ModelConfig
+from dfd_ray.optics import coc_gain_px
 from dfd_ray.filters import gaussian_blur
 from dfd_ray.models.nets import blur_bands, parameter_count, weighted_median
 

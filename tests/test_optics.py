@@ -115,3 +115,55 @@ def test_presets():
     nyu.focus_distances.append(9.0)  # a copy: the registry is untouched
     assert optics.get_preset("nyuv2").focus_distances == [1.0, 1.5, 2.5, 4.0, 6.0]
     assert math.isclose(optics.aperture_diameter(50e-3, 8.0), 6.25e-3)
+
+
+# --- every consumer of the thin lens agrees with optics ------------------------------------------
+
+def test_gain_and_inverse_agree_with_the_coc_across_kinds():
+    s, p, depths = 0.3, PITCH, np.array([0.12, 0.25, 0.3, 0.9, 2.5])
+    g = optics.coc_gain_px(s, F, N, p)
+    np.testing.assert_allclose(optics.coc_px_at_inverse_depth(1 / depths, s, g), optics.coc_px(depths, s, F, N, p),
+                               rtol=1e-12)
+    g_torch = optics.coc_gain_px(torch.tensor([s], dtype=torch.float64), torch.tensor(F, dtype=torch.float64),
+                                 torch.tensor(N, dtype=torch.float64), torch.tensor(p, dtype=torch.float64))
+    assert g_torch.item() == pytest.approx(g, rel=1e-12)
+    c = optics.coc_px(depths, s, F, N, p)
+    side = np.sign(1 / depths - 1 / s)
+    np.testing.assert_allclose(1 / optics.inverse_depth_at_coc_px(c, side, s, g), depths, rtol=1e-10)
+
+
+def test_splat_projection_coc_is_the_optics_signed_coc():
+    from dfd_ray.splat.project import thin_lens_coc_px
+    from dfd_ray.splat.scene import Camera
+
+    camera = Camera(width=8, height=8, focal_length=F, f_number=N, pixel_size=PITCH)
+    depths = torch.tensor([0.12, 0.3, 0.9, 2.5], dtype=torch.float64)
+    got = thin_lens_coc_px(depths, 0.3, F / N, camera)
+    want = optics.coc_signed_px(depths, 0.3, F, N, PITCH)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_depthnet_likelihood_peaks_at_the_optics_coc():
+    from dfd_ray.models import ModelConfig
+    from dfd_ray.models.nets import DepthNet
+
+    net = DepthNet(ModelConfig())
+    s, d = torch.tensor([0.3]), 0.9
+    g = optics.coc_gain_px(s, torch.tensor(F), torch.tensor(N), torch.tensor(PITCH))
+    coc = torch.full((1, 2, 2), float(optics.coc_px(d, 0.3, F, N, PITCH)))
+    log_lik = net.coc_log_likelihood(coc, torch.full_like(coc, 0.05), s, g)[0, :, 0, 0]
+    far = net.inverse_depths < 1 / 0.3
+    best = net.inverse_depths[far][log_lik[far].argmax()]
+    step = float(net.inverse_depths[0] - net.inverse_depths[1])
+    assert abs(float(best) - 1 / d) <= step
+
+
+def test_side_metrics_inverse_is_the_optics_inverse():
+    from dfd_ray.metrics import side_metrics
+
+    s, p = 0.3, PITCH
+    gt = np.array([[0.15, 0.2], [0.6, 1.2]], np.float32)
+    coc = optics.coc_px(gt.astype(np.float64), s, F, N, p).astype(np.float32)
+    out = side_metrics(gt, coc, gt, s, optics.coc_gain_px(s, F, N, p), (0.1, 3.0))
+    assert out["abs_rel_true_side"] == pytest.approx(0.0, abs=1e-5)
+    assert out["abs_rel_true_coc"] == pytest.approx(0.0, abs=1e-5)

@@ -6,7 +6,7 @@ import torch
 
 from dfd_ray import depth_from_focus, focalstack, streaming, synth, teachers, train
 from dfd_ray.config import load_config
-from dfd_ray.defocus import coc_gain_px
+from dfd_ray.optics import coc_gain_px
 from dfd_ray.relative_blur import depth_from_relative_blur
 from dfd_ray.focalstack import DatasetError
 from dfd_ray.splat.scene import Camera, SceneSplats, save_splats, splat_uri

@@ -10,7 +10,8 @@ import torch
 
 from dfd_ray import evaluate, focalstack, losses, streaming, synth, teachers, train
 from dfd_ray.config import ConfigError, load_config
-from dfd_ray.models import DFDModel, ModelConfig, coc_gain_px, load_model
+from dfd_ray.models import DFDModel, ModelConfig, load_model
+from dfd_ray.optics import coc_gain_px
 
 TERMS = ("teacher_coc", "teacher_scale", "side", "lens_coc", "lens_depth", "render", "prior", "smooth")
 

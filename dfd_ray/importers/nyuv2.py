@@ -36,7 +36,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from dfd_ray import defocus, storage
+from dfd_ray import defocus, imaging, optics, storage
 from dfd_ray.config import require
 from dfd_ray.focalstack import DatasetError, FocalStack, to_float
 from dfd_ray.importers.common import (
@@ -158,14 +158,14 @@ def render_stack(rgb: np.ndarray, depth_m: np.ndarray, camera: Camera, layer_coc
     Invalid depth is filled for rendering (`fill_invalid_depth`); depths are clipped to the
     camera's [min_depth, max_depth] so a stray value cannot ask for an unbounded blur kernel.
     """
-    linear = defocus.srgb_to_linear(np.asarray(rgb, dtype=np.float32))
+    linear = imaging.srgb_to_linear(np.asarray(rgb, dtype=np.float32))
     depth = np.clip(fill_invalid_depth(depth_m), camera.min_depth, camera.max_depth)
     inv_depth = (1.0 / depth).astype(np.float32)
     slices = []
     for focus in camera.focus_distances:
         # The same slab width and floor() that render_focal_stack uses internally for one focus
         # distance, so every Surface here is exactly one of its slabs (one blur per slab).
-        gain = defocus.coc_gain_px(focus, camera.focal_length, camera.f_number, camera.pixel_size)
+        gain = optics.coc_gain_px(focus, camera.focal_length, camera.f_number, camera.pixel_size)
         slab = np.floor(inv_depth / (layer_coc_px / gain)).astype(np.int64)
         surfaces = [  # ascending inverse depth = far to near, the order render_focal_stack composites
             defocus.Surface(linear, (slab == b).astype(np.float32), inv_depth) for b in np.unique(slab)
@@ -176,7 +176,7 @@ def render_stack(rgb: np.ndarray, depth_m: np.ndarray, camera: Camera, layer_coc
             surfaces, [focus], camera.focal_length, camera.f_number, camera.pixel_size, bin_px=layer_coc_px
         )
         slices.append(rendered[0])
-    srgb = defocus.linear_to_srgb(np.stack(slices))
+    srgb = imaging.linear_to_srgb(np.stack(slices))
     return np.round(srgb * 255.0).astype(np.uint8)
 
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfd_ray import optics
 from dfd_ray.filters import gaussian_blur
 
 ARCH = "lens-posterior-v2"
@@ -55,13 +56,6 @@ class ModelConfig:
     band_sigmas_px: tuple[float, ...] = (0.7, 1.4, 2.8)  # difference-of-Gaussian bands (pixels)
     contrast_sigma_px: float = 4.0  # window of the local contrast the bands are divided by (pixels)
     prior_sigma_log: float = 0.1  # width of a splat-depth factor, in log depth
-
-
-def coc_gain_px(focus_distance: torch.Tensor, focal_length: torch.Tensor, f_number: torch.Tensor,
-                pixel_size: torch.Tensor) -> torch.Tensor:
-    """G = A v / p in pixel·metres, so that c_px = G |1/d - 1/s|."""
-    image_distance = focus_distance * focal_length / (focus_distance - focal_length)
-    return (focal_length / f_number) * image_distance / pixel_size
 
 
 def lens_planes(focus_distance: torch.Tensor, gain: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -195,7 +189,7 @@ class DepthNet(nn.Module):
                            gain: torch.Tensor) -> torch.Tensor:
         """(N, K, H, W): log p(c | u_k), a Laplace of scale b around the CoC G |u_k - 1/s|, up to a constant."""
         u = self.inverse_depths[None, :, None, None]
-        expected = gain[:, None, None, None] * (u - 1.0 / focus_distance[:, None, None, None]).abs()
+        expected = optics.coc_px_at_inverse_depth(u, focus_distance[:, None, None, None], gain[:, None, None, None])
         return -(coc[:, None] - expected).abs() / scale[:, None] - torch.log(scale[:, None])
 
     def side_log_likelihood(self, side_logit: torch.Tensor, focus_distance: torch.Tensor) -> torch.Tensor:
@@ -253,7 +247,7 @@ class DFDModel(nn.Module):
         """images (N, 3, H, W) sRGB in [0, 1]; per-image lens (N,) in metres → maps (N, H, W):
         coc [px], coc_scale [px], side_logit, near_logit (the posterior's side, for the side loss;
         it reaches the side net only), depth [m], and log_likelihood (N, K, H, W)."""
-        gain = coc_gain_px(focus_distance, focal_length, f_number, pixel_size)
+        gain = optics.coc_gain_px(focus_distance, focal_length, f_number, pixel_size)
         coc, scale = self.sdnet(image, focus_distance, gain)
         side = self.depthnet.side_logit(coc, scale, image, focus_distance, gain)
         coc_lik = self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain)

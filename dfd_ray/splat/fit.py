@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dfd_ray import defocus
+from dfd_ray import imaging
 from dfd_ray.config import require, require_choice
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.focalstack import FocalStack
@@ -178,7 +178,7 @@ def fit_scene(stack: FocalStack, cfg: FitConfig | None = None) -> FitResult:
     torch.manual_seed(cfg.seed)
     camera = Camera.from_stack(stack)
     images = stack.images_float()  # sRGB (S, H, W, 3)
-    targets = torch.from_numpy(defocus.srgb_to_linear(images)).to(cfg.device)
+    targets = torch.from_numpy(imaging.srgb_to_linear(images)).to(cfg.device)
     distances = torch.as_tensor(stack.focus_distances, dtype=torch.float32, device=cfg.device)
     lo, hi = cfg.depth_range(stack.focus_distances)
     if not 0 < lo < hi or lo <= stack.focal_length:
@@ -190,7 +190,7 @@ def fit_scene(stack: FocalStack, cfg: FitConfig | None = None) -> FitResult:
         inv_init = 1.0 / _block_mean(np.clip(init_depth, lo, hi)[..., None], cfg.block, rows, cols)[:, 0]
     else:
         inv_init = np.full(rows * cols, 0.5 * (1 / lo + 1 / hi), np.float32)
-    colors = _block_mean(defocus.srgb_to_linear(images.mean(0)), cfg.block, rows, cols)
+    colors = _block_mean(imaging.srgb_to_linear(images.mean(0)), cfg.block, rows, cols)
     params = _Params(camera, rays, inv_init, colors, (1 / hi, 1 / lo), cfg.block).to(cfg.device)
     optimiser = torch.optim.Adam([
         {"params": [params.depth_logit], "lr": cfg.lr_depth},
@@ -216,6 +216,6 @@ def fit_scene(stack: FocalStack, cfg: FitConfig | None = None) -> FitResult:
         pinhole = render(splats, eps2d=cfg.eps2d)
         slices = render(splats, focus_distance=distances, eps2d=cfg.eps2d)
         residual = (slices.image - targets).abs().mean((0, 3)).cpu().numpy()
-    aif = defocus.linear_to_srgb(pinhole.image.clamp(0, 1).cpu().numpy())
+    aif = imaging.linear_to_srgb(pinhole.image.clamp(0, 1).cpu().numpy())
     depth = pinhole.depth.cpu().numpy().astype(np.float32)
     return FitResult(splats, aif, depth, _confidence(aif, residual), losses, time.perf_counter() - start)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dfd_ray import optics
 from dfd_ray.splat.scene import Camera, SceneSplats
 
 ALPHA_THRESHOLD = 1.0 / 255.0  # a Gaussian below this alpha at a pixel is skipped there
@@ -79,9 +80,8 @@ def thin_lens_coc_px(
 
     Differentiable in focus distance and aperture diameter (metres); aperture 0 is a pinhole.
     """
-    f = camera.focal_length
-    image_distance = focus_distance * f / (focus_distance - f)
-    return aperture * image_distance / camera.pixel_size * (1.0 / focus_distance - 1.0 / depths)
+    gain_px = aperture * optics.image_distance(focus_distance, camera.focal_length) / camera.pixel_size  # A v / p
+    return gain_px * (1.0 / focus_distance - 1.0 / depths)
 
 
 def sample_coc_map(coc_map: torch.Tensor, means2d: torch.Tensor) -> torch.Tensor:
