@@ -342,7 +342,7 @@ def write_stacks(stacks: Iterable[FocalStack | dict], uri: str, shard_size: int 
     def flush() -> None:
         shard = storage.join(uri, f"part-{len(written):05d}.parquet")
         table = pa.Table.from_pylist(batch, schema=SCHEMA)
-        with fs.open(storage.filesystem(shard)[1], "wb") as f:
+        with storage.open_write(shard) as f:
             pq.write_table(table, f, compression={"images": "none", "aif": "none"}, write_statistics=False)
         written.append(shard)
         batch.clear()

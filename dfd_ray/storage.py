@@ -6,12 +6,20 @@ altogether (docs/design.md §5), so every filesystem in dfd-ray comes from here.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import IO
 
 import fsspec
 import pyarrow.fs as pafs
 from fsspec.core import url_to_fs
+
+
+TEMP_SUFFIX = ".dfd-tmp"  # what `open_write` names a local file while it is being written
 
 
 def _storage_options(uri: str) -> dict:
@@ -57,12 +65,40 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+@contextlib.contextmanager
+def open_write(uri: str) -> Iterator[IO[bytes]]:
+    """A binary file to write `uri` through, which appears whole or not at all.
+
+    Locally the bytes go to a hidden temporary name in the same folder that is renamed over `uri`
+    when the block ends without an error (a rename within a folder is atomic), so a crash or a
+    kill mid-write leaves the old file or none, never a torn one; an error removes the temporary.
+    To an object store the bytes go in one PUT when the block ends, which is atomic. Power loss is not covered (no fsync: it would cost
+    every small output file a disk flush).
+    """
     fs, path = filesystem(uri)
     parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as f:
+    if not is_local(uri):
+        buf = io.BytesIO()  # a file object's close would upload what it holds even after an error
+        yield buf
+        fs.pipe_file(path, buf.getvalue())
+        return
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write `data` to `uri` whole or not at all (`open_write`)."""
+    with open_write(uri) as f:
         f.write(data)
 
 
