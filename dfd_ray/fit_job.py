@@ -5,6 +5,11 @@ Writes per scene `out/splats/<scene_id>.npz` (splats + depth, confidence, AIF), 
 and `out/fit_metrics.json`: per scene and averaged, the splat depth's and the classical
 depth-from-focus baseline's `abs_rel`, `rmse`, `delta1` (and the other docs/design.md §6 metrics) over
 the same pixels, where GT depth exists. A scene that fails is recorded there and the job goes on.
+
+Each finished scene's record goes last to `out/records/<scene_id>.json`, so a run that stops
+(Ctrl-C, SIGTERM, a crash) resumes when the same command runs again: scenes with a record and a
+splat file that loads are kept, the others (never fitted, torn, failed) are fitted;
+`overwrite=true` refits everything.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class FitJobConfig:
     task_cpus: float = 1.0  # CPUs per fitting task (each fit uses torch's threads)
     ray_cpus: int = 2  # logical CPUs of an embedded local Ray (ignored on a cluster)
     eval_max_depth: float | None = None  # metres; GT beyond it is left out of the metrics
+    overwrite: bool = False  # refit scenes a previous run finished (else they are kept)
 
     def __post_init__(self) -> None:
         require(self.max_scenes >= 0, "max_scenes", "must be >= 0")
@@ -41,6 +47,24 @@ class FitJobConfig:
 
 def splat_uri(out: str, scene_id: str) -> str:
     return scene.splat_uri(storage.join(out, "splats"), scene_id)
+
+
+def record_uri(out: str, scene_id: str) -> str:
+    return storage.join(out, "records", f"{scene_id}.json")
+
+
+def finished_record(out: str, scene_id: str) -> dict | None:
+    """The record of a scene a previous run finished, or None where it must be fitted (again):
+    no record, or a record or splat file that does not read back whole."""
+    try:
+        record = json.loads(storage.read_bytes(record_uri(out, scene_id)))
+        scene.load_splats(splat_uri(out, scene_id))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:  # torn or corrupt (JSONDecodeError is a ValueError)
+        print(f"fit {scene_id}: refitting, its earlier output does not read back: {exc}", flush=True)
+        return None
+    return record if isinstance(record, dict) and record.get("scene_id") == scene_id else None
 
 
 def fit_one(stack: focalstack.FocalStack, cfg: FitJobConfig) -> dict:
@@ -58,6 +82,7 @@ def fit_one(stack: focalstack.FocalStack, cfg: FitJobConfig) -> dict:
         baseline, _ = depth_from_focus(stack.images_float(), stack.focus_distances)
         record["splat"] = depth_metrics(result.depth, stack.depth, cfg.eval_max_depth)
         record["dff"] = depth_metrics(baseline, stack.depth, cfg.eval_max_depth)
+    storage.write_bytes(record_uri(cfg.out, stack.scene_id), json.dumps(record).encode())  # last: the scene is done
     return record
 
 
@@ -71,7 +96,7 @@ def run(cfg: FitJobConfig) -> dict:
         remote_fit = ray.remote(num_cpus=cfg.task_cpus, max_retries=1)(fit_one)
         cfg_ref = ray.put(cfg)
         pending: dict = {}
-        records, failed = [], []
+        records, failed, kept = [], [], 0
         # Two tasks per CPU slot in flight keeps the cluster busy without queueing every scene.
         cpus = ray.cluster_resources().get("CPU", cfg.ray_cpus)
         max_in_flight = max(2, int(2 * cpus / cfg.task_cpus))
@@ -91,6 +116,11 @@ def run(cfg: FitJobConfig) -> dict:
             for index, stack in enumerate(focalstack.read_stacks(prefix)):
                 if cfg.max_scenes and index >= cfg.max_scenes:
                     break
+                earlier = None if cfg.overwrite else finished_record(cfg.out, stack.scene_id)
+                if earlier is not None:
+                    records.append(earlier)
+                    kept += 1
+                    continue
                 collect(max_in_flight - 1)
                 pending[remote_fit.remote(stack, cfg_ref)] = stack.scene_id
         collect(0)
@@ -102,6 +132,7 @@ def run(cfg: FitJobConfig) -> dict:
     with_gt = [r for r in records if "splat" in r]
     summary = {
         "scenes": len(records),
+        "kept_from_earlier_run": kept,
         "failed": failed,
         "mask": "gt > 0" + (f" and gt <= {cfg.eval_max_depth} m" if cfg.eval_max_depth else ""),
         "per_image_then_mean": {
@@ -113,7 +144,7 @@ def run(cfg: FitJobConfig) -> dict:
         "per_scene": records,
     }
     storage.write_bytes(storage.join(cfg.out, "fit_metrics.json"), json.dumps(summary, indent=2).encode())
-    brief = {k: summary[k] for k in ("scenes", "seconds")} | {"failed": len(failed)}
+    brief = {k: summary[k] for k in ("scenes", "kept_from_earlier_run", "seconds")} | {"failed": len(failed)}
     if with_gt:
         for name in ("splat", "dff"):
             m = summary["per_image_then_mean"][name]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dfd_ray import optics
-from dfd_ray.models import DFDModel, ModelConfig
+from dfd_ray import optics, storage
+from dfd_ray.models import DFDModel, ModelConfig, load_model, save_model
 from dfd_ray.optics import coc_gain_px
 from dfd_ray.filters import gaussian_blur
 from dfd_ray.models.nets import blur_bands, parameter_count, weighted_median
@@ -177,3 +177,17 @@ def test_a_focus_plane_at_the_end_of_the_grid_has_one_side_and_finite_odds():
     with torch.no_grad():
         out = model(torch.rand(2, 3, 16, 16), *_lens(2, s))
     assert torch.isfinite(out["near_logit"]).all() and float(out["near_logit"][0].max()) == -30.0
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("weights", "model.pt is torn, corrupt"),
+    ("meta", "model.json is torn or corrupt"),
+])
+def test_a_torn_model_file_is_named_in_the_error(tmp_path, damage, message):
+    uri = str(tmp_path / "m")
+    save_model(DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=8)), uri)
+    name = "model.pt" if damage == "weights" else "model.json"
+    whole = storage.read_bytes(f"{uri}/{name}")
+    (tmp_path / "m" / name).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=message):
+        load_model(uri)

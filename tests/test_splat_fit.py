@@ -104,3 +104,12 @@ def test_fit_job_writes_outputs_and_records_a_failed_scene(ray_session, tmp_path
         png = decode_png_depth(storage.read_bytes(png_uri), png_uri)  # the importers' strict reader
         np.testing.assert_allclose(png, extra["depth"], atol=6e-4)
     assert (out / "config.yaml").exists()
+
+    # The same command again: the finished scene is kept, a torn splat is refitted, the bad one retried.
+    torn = out / "splats" / f"{stacks[0].scene_id}.npz"
+    torn.write_bytes(torn.read_bytes()[:100])
+    again = fit_job.run(job)
+    assert again["scenes"] == 2 and again["kept_from_earlier_run"] == 1 and again["failed"] == 1
+    load_splats(str(torn))  # whole again
+    per_scene = json.loads((out / "fit_metrics.json").read_text())["per_scene"]
+    assert sorted(r["scene_id"] for r in per_scene) == sorted(s.scene_id for s in stacks)

@@ -42,6 +42,10 @@ def read_meta(uri: str) -> dict:
         meta = json.loads(storage.read_bytes(storage.join(uri, META)))
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri} is not a dfd-ray model: it holds no {META}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{storage.join(uri, META)} is torn or corrupt (not JSON: {exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise ValueError(f"{storage.join(uri, META)} is not a dfd-ray model description (no 'model' section)")
     if meta.get("arch") != ARCH:
         raise ValueError(f"{uri} holds a model of architecture {meta.get('arch', 'unnamed (before v2)')!r}; "
                          f"this dfd-ray loads {ARCH!r} models: retrain it with dfd-ray train")
@@ -59,5 +63,10 @@ def load_model(uri: str, device: str = "cpu") -> tuple[DFDModel, dict]:
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items() if k in fields})
     model = DFDModel(cfg)
-    model.load_state_dict(torch.load(io.BytesIO(weights), map_location=device, weights_only=True))
+    try:
+        state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # a torn file fails in unpickling or zip reading, a foreign one in the keys
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{storage.join(uri, WEIGHTS)} is torn, corrupt or does not match {META}: {first}") from None
     return model.to(device).eval(), meta
