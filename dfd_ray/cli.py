@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dfd_ray import interrupts
 from dfd_ray.config import ConfigError, load_config
 from dfd_ray.focalstack import DatasetError
 
@@ -39,19 +41,22 @@ class Command:
     data_flag: bool = False  # `--data URI` fills config key `data`
     model_flag: bool = False  # `--model URI` fills config key `model`
     input_flag: bool = False  # `--input URI` fills config key `input`
+    resume: str = ""  # what running the same command again after an interrupt does
 
 
 COMMANDS: dict[str, Command] = {
     "synth": Command("dfd_ray.synth", "SynthConfig", "generate a synthetic focal-stack dataset"),
     "validate": Command("dfd_ray.validate", "ValidateConfig", "list every problem in a dataset", "uri", False),
     "show": Command("dfd_ray.contact_sheet", "ShowConfig", "contact sheet PNG of some stacks", "uri"),
-    "fit": Command("dfd_ray.fit_job", "FitJobConfig", "fit Gaussian splats to every scene (Ray tasks)", data_flag=True),
+    "fit": Command("dfd_ray.fit_job", "FitJobConfig", "fit Gaussian splats to every scene (Ray tasks)", data_flag=True,
+                   resume="scenes already fitted are kept"),
     "teach": Command("dfd_ray.teachers", "TeachConfig", "defocus-map teachers for every training scene (Ray tasks)",
-                     out_flag=False, data_flag=True),
-    "train": Command("dfd_ray.train", "TrainConfig", "train SDNet + DepthNet (Ray Train)", data_flag=True),
+                     out_flag=False, data_flag=True, resume="finished shards are kept"),
+    "train": Command("dfd_ray.train", "TrainConfig", "train SDNet + DepthNet (Ray Train)", data_flag=True,
+                     resume="it resumes from the last checkpoint"),
     "eval": Command("dfd_ray.evaluate", "EvalConfig", "depth metrics of a model on held-out stacks", data_flag=True, model_flag=True),
     "infer": Command("dfd_ray.infer", "InferConfig", "depth for every photo under a prefix (Ray Data batch job)",
-                     model_flag=True, input_flag=True),
+                     model_flag=True, input_flag=True, resume="photos already written are skipped"),
     "demo": Command("dfd_ray.demo", "DemoConfig", "run the pipeline end to end on generated data"),
 }
 IMPORTERS: dict[str, Command] = {
@@ -124,8 +129,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dfd-ray: config error: {exc}", file=sys.stderr)
         return 2
+    interrupts.install()
     try:
         result = run(cfg)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # While ray.init runs, its own SIGTERM handler is in place: it raises SystemExit(15).
+        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
+            raise
+        again = f"; run the same command again: {args.command.resume}" if args.command.resume else ""
+        name = interrupts.received or ("SIGTERM" if isinstance(exc, SystemExit) else "SIGINT")
+        print(f"dfd-ray {args.name}: stopped by {name}{again}", file=sys.stderr)
+        return 130
     except ConfigError as exc:  # checks that need the inputs (paths exist, sizes agree) run first in run()
         print(f"dfd-ray: config error: {exc}", file=sys.stderr)
         return 2

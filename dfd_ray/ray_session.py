@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+from dfd_ray import interrupts
+
 
 def ensure_ray(local_cpus: int, object_store_mb: int = 300) -> bool:
     """Initialise Ray if needed; returns True when this call started it (the caller shuts it down).
@@ -21,6 +23,7 @@ def ensure_ray(local_cpus: int, object_store_mb: int = 300) -> bool:
         ray.init()
     else:
         start_local_ray(local_cpus, object_store_mb, include_dashboard=False, log_to_driver=False)
+    interrupts.reinstall()
     return True
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from dfd_ray import focalstack, imaging, losses, optics, storage, streaming, teachers
+from dfd_ray import focalstack, imaging, interrupts, losses, optics, storage, streaming, teachers
 from dfd_ray.config import ConfigError, require, require_choice, save_config
 from dfd_ray.models import DFDModel, ModelConfig, save_model
 from dfd_ray.models.store import load_model, read_meta
@@ -445,7 +445,7 @@ def run(cfg: TrainConfig) -> dict:
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3)),
             datasets={"train": dataset},
         )
-        result = trainer.fit()
+        result = interrupts.call_beside(trainer.fit)
         model_uri = storage.join(cfg.out, "model")
         with result.checkpoint.as_directory() as folder:
             model, meta = load_model(folder)
