@@ -257,7 +257,8 @@ def test_s3_prefix_with_good_and_bad_photos(ray_session, s3_bucket, model_uri):
     assert len(_table(out, "manifest")) == 5 and len(_table(out, "errors")) == 5
 
 
-def test_interrupted_run_resumes_without_rewriting(ray_session, model_uri, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_interrupted_run_resumes_without_rewriting(ray_session, model_uri, tmp_path, sig):
     src, out = tmp_path / "in", tmp_path / "out"
     # Photos of many tiles, so that plenty of work is still queued when the driver is killed.
     n = 24
@@ -269,14 +270,14 @@ def test_interrupted_run_resumes_without_rewriting(ray_session, model_uri, tmp_p
             "overlap=8", *camera]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "dfd_ray.cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and len(list((out / "_manifest").glob("*.parquet"))) < 2:
         time.sleep(0.05)
-    # A crash of the driver mid-run. (Ctrl-C, SIGINT, reached the driver too late in full-suite runs:
-    # the whole input was written before it stopped.)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=120)
+    proc.send_signal(sig)  # a crash of the driver mid-run, or Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "stopped by SIGINT" in err and "Traceback" not in err, err
     first = {r["input"]: r for r in _table(str(out), "manifest")}
     assert 0 < len(first) < n, f"the interruption did not land mid-run ({len(first)} of {n} written)"
     stamps = {u: os.stat(r["depth"]).st_mtime_ns for u, r in first.items()}
