@@ -32,17 +32,22 @@ def _start(*args):
 
 
 def _signal_when(proc, ready, *signals, gap_s=0.3):
-    deadline = time.time() + 300
-    while not ready():
-        assert proc.poll() is None, f"exited before the signal: {proc.communicate()}"
-        assert time.time() < deadline, "never got ready for the signal"
-        time.sleep(0.1)
-    for i, sig in enumerate(signals):
-        proc.send_signal(sig)
-        if i + 1 < len(signals):
-            time.sleep(gap_s)
-    out, err = proc.communicate(timeout=STOP_TIMEOUT_S)
-    return proc.returncode, out, err
+    try:
+        deadline = time.time() + 300
+        while not ready():
+            assert proc.poll() is None, f"exited before the signal: {proc.communicate()}"
+            assert time.time() < deadline, "never got ready for the signal"
+            time.sleep(0.1)
+        for i, sig in enumerate(signals):
+            proc.send_signal(sig)
+            if i + 1 < len(signals):
+                time.sleep(gap_s)
+        out, err = proc.communicate(timeout=STOP_TIMEOUT_S)
+        return proc.returncode, out, err
+    finally:
+        if proc.poll() is None:  # a failed check must not leave a job running
+            proc.kill()
+            proc.wait()
 
 
 def test_fit_stops_on_sigint_and_the_same_command_resumes(data, tmp_path):
