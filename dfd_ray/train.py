@@ -397,6 +397,7 @@ def _storage(out: str) -> tuple[str, object | None]:
 
 
 def run(cfg: TrainConfig) -> dict:
+    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -415,6 +416,16 @@ def run(cfg: TrainConfig) -> dict:
             f"config key 'num_workers': {prefix} holds {stacks} training stack(s); {cfg.num_workers} workers x "
             f"batch_size {cfg.batch_size} need at least {cfg.num_workers * cfg.batch_size} (each worker reads its own)"
         )
+    if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
+        # Ray 2.60's Parquet reader runs a file-listing task that always asks for one whole CPU
+        # (streaming.StreamConfig): an embedded Ray with less than that left over hangs silently.
+        held = cfg.num_workers * cfg.worker_cpus + (cfg.renderer.num_actors * cfg.renderer.num_cpus
+                                                    if cfg.uses_renderer() else 0.0)
+        if cfg.ray_cpus - held < 1:
+            raise ConfigError(
+                f"config key 'ray_cpus': the embedded Ray's {cfg.ray_cpus} CPU(s) minus the {held:g} that training "
+                f"workers{' and renderer actors' if cfg.uses_renderer() else ''} hold leave less than the 1 CPU its "
+                "data pipeline needs: raise ray_cpus (logical CPUs may exceed the cores) or lower worker_cpus")
     save_config(cfg, cfg.out)
     started = ensure_ray(cfg.ray_cpus)
     pool = None
