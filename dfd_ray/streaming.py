@@ -402,6 +402,7 @@ def _ray_dataset(uri: str, cfg: StreamConfig, teachers: bool = False) -> ray.dat
         batch_format="pyarrow",
         batch_size=cfg.map_batch_size,
         num_cpus=cfg.map_num_cpus,
+        **storage.worker_runtime_env(),  # the tasks open the teacher sidecars themselves
         fn_kwargs={
             "uri": uri,
             "crop": cfg.crop,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfd_ray import evaluate, focalstack, losses, streaming, synth, teachers, train
+from dfd_ray import evaluate, focalstack, losses, storage, streaming, synth, teachers, train
 from dfd_ray.config import ConfigError, load_config
 from dfd_ray.models import DFDModel, ModelConfig, load_model
 from dfd_ray.optics import coc_gain_px
@@ -174,7 +174,7 @@ def test_each_term_of_the_step_falls_when_trained_alone(data, term):
 
 
 def _history(out):
-    return json.loads((out / "state.json").read_text())["history"]
+    return json.loads(storage.read_bytes(storage.join(str(out), "state.json")))["history"]
 
 
 def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_session, data, splats, tmp_path):
@@ -281,14 +281,23 @@ def test_resume_continues_at_the_saved_step(ray_session, data, splats, tmp_path)
     assert [h["lr"] for h in resumed] == pytest.approx([3e-3, 3e-3, 1.5e-3])
 
 
-def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, splats, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, splats, tmp_path, where, request):
+    """On S3 the data, the teachers, the checkpoints and the model all live in the bucket."""
     import os
     import signal
 
     import ray
     from ray.util.state import list_actors
 
-    out = tmp_path / "run"
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        synth.run(load_config(synth.SynthConfig, [f"out={bucket}/data", "n_scenes=2", "n_test=1", "height=32",
+                                                  "width=32", "seed=3"]))
+        data, out = f"{bucket}/data", f"{bucket}/run"
+    else:
+        out = str(tmp_path / "run")
+    fs, checkpoints = storage.filesystem(storage.join(out, "dfd"))
     killed = []
     address = ray.get_runtime_context().gcs_address  # this session's Ray, even when others run
 
@@ -303,7 +312,8 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, s
         while time.time() < deadline:
             # A checkpoint folder appears while it is being written, before the controller registers
             # it; a kill then rightly restarts from scratch. The second folder means the first is in.
-            if len(list((out / "dfd").glob("checkpoint_*"))) >= 2:
+            fs.invalidate_cache()
+            if len(fs.glob(f"{checkpoints}/checkpoint_*")) >= 2:
                 workers = [a for a in train_workers() if a.actor_id not in earlier]
                 if workers:
                     os.kill(workers[0].pid, signal.SIGKILL)  # a real crash of a training worker
@@ -322,3 +332,5 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, s
     # The group restarted from a checkpoint (not from scratch) and carried on to the end.
     restarts = {h["resumed_from"] for h in history} - {0}
     assert restarts and all(r % 2 == 0 and 0 < r < 12 for r in restarts), (killed, history)
+    model, meta = load_model(storage.join(out, "model"))
+    assert meta["arch"] and sum(p.numel() for p in model.parameters()) > 0
