@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from dfd_ray import interrupts
 from dfd_ray.config import ConfigError, load_config
 from dfd_ray.focalstack import DatasetError
+from dfd_ray.storage import StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DatasetError as exc:
         print(f"dfd-ray: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:  # from a Ray task too, where the message carries its traceback
+        lines = [line for line in str(exc).splitlines() if "the object store did not answer" in line]
+        print(f"dfd-ray: {(lines or [str(exc)])[-1].strip()}; run the same command again when it answers"
+              + (f": {args.command.resume}" if args.command.resume else ""), file=sys.stderr)
         return 1
     if isinstance(result, int):
         return result

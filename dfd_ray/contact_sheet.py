@@ -107,9 +107,7 @@ def pick_stacks(cfg: ShowConfig) -> tuple[str, list[FocalStack]]:
 
 
 def _num_rows(shard: str) -> int:
-    fs, path = storage.filesystem(shard)
-    with fs.open(path, "rb") as f:
-        return int(pq.read_metadata(f).num_rows)
+    return int(storage.read_with(shard, pq.read_metadata).num_rows)
 
 
 def _lens_label(stack: FocalStack) -> str:

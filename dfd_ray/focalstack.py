@@ -276,10 +276,10 @@ def _schema_problems(schema: pa.Schema) -> list[str]:
 
 def _read_checked(shard: str, read, schema_of):
     """`read(file)` on a shard, then check the schema that `schema_of(result)` gives."""
-    fs, path = storage.filesystem(shard)
     try:
-        with fs.open(path, "rb") as f:
-            result = read(f)
+        result = storage.read_with(shard, read)
+    except storage.StoreUnavailable:
+        raise
     except Exception as exc:
         raise DatasetError(f"{shard}: not a readable Parquet file: {exc}") from None
     problems = _schema_problems(schema_of(result))
@@ -300,9 +300,7 @@ def read_metadata(shard: str) -> pq.FileMetaData:
 
 def shard_scene_ids(shard: str) -> list[str]:
     """The scene ids of one shard, in row order (reads one column)."""
-    fs, path = storage.filesystem(shard)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist()
+    return storage.read_with(shard, lambda f: pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist())
 
 
 def scene_index(uri: str) -> dict[str, str]:

@@ -194,8 +194,6 @@ def photo_key(path: str, input_prefix: str) -> str:
 
 def list_photos(prefix: str) -> tuple[list[str], int]:
     """(URIs of every photo under `prefix`, recursively, sorted; count of other files ignored)."""
-    fs, path = storage.filesystem(prefix)
-    fs.invalidate_cache()
-    found = [path] if fs.isfile(path) else sorted(fs.find(path))
-    photos = [storage.as_uri(p, prefix) for p in found if p.lower().endswith(IMAGE_EXTENSIONS)]
+    found = storage.list_tree(prefix)
+    photos = [p for p in found if p.lower().endswith(IMAGE_EXTENSIONS)]
     return photos, len(found) - len(photos)

@@ -2,6 +2,12 @@
 
 s3fs reads the endpoint only from `client_kwargs`; pyarrow's S3FileSystem() ignores the variable
 altogether (docs/design.md §5), so every filesystem in dfd-ray comes from here.
+
+Retries live here too. The S3 client retries each request (botocore's standard mode, bounded
+connect and read timeouts), and every call of this module's own (read, write, exists, list) is
+retried on a transient fault (connection refused or dropped, timeouts, 5xx, SlowDown) with a
+fixed backoff for up to `DFD_RAY_STORE_RETRY_S` seconds (default 60), so that an outage of the
+store costs time, not a failed job. Past that it raises `StoreUnavailable`, one line naming the URI.
 """
 
 from __future__ import annotations
@@ -10,22 +16,85 @@ import contextlib
 import io
 import os
 import posixpath
+import time
 import uuid
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, TypeVar
 
 import fsspec
 import pyarrow.fs as pafs
 from fsspec.core import url_to_fs
 
 
+T = TypeVar("T")
 TEMP_SUFFIX = ".dfd-tmp"  # what `open_write` names a local file while it is being written
+RETRY_BUDGET_ENV = "DFD_RAY_STORE_RETRY_S"
+RETRY_BUDGET_S = 60.0  # default seconds of waiting for a store that does not answer
+# Per request: a connect that hangs (a black-holed endpoint) gives up after 10 s, not botocore's 60.
+S3_CLIENT_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60}
+_TRANSIENT_WORDS = ("SlowDown", "reduce your request rate", "Service Unavailable", "ServiceUnavailable",
+                    "InternalError", "RequestTimeout", "Bad Gateway", "Gateway Timeout")
+
+
+class StoreUnavailable(OSError):
+    """The object store did not answer within the retry budget."""
 
 
 def _storage_options(uri: str) -> dict:
-    if uri.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
-        return {"client_kwargs": {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}}
-    return {}
+    if not uri.startswith("s3://"):
+        return {}
+    options: dict = {"config_kwargs": S3_CLIENT_CONFIG}
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    return options
+
+
+def transient(exc: BaseException) -> bool:
+    """A fault that may pass if asked again: the store unreachable, slow or overloaded."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    try:
+        import botocore.exceptions as boto
+    except ImportError:  # no S3 support installed: nothing is an S3 fault
+        return False
+    if isinstance(exc, (boto.ConnectionError, boto.HTTPClientError, ConnectionError, TimeoutError)):
+        return True
+    try:
+        import aiohttp
+        if isinstance(exc, aiohttp.ClientError):
+            return True
+    except ImportError:
+        pass
+    text = str(exc)
+    return isinstance(exc, (OSError, boto.ClientError)) and any(w in text for w in _TRANSIENT_WORDS)
+
+
+def retrying(uri: str, call: Callable[[], T]) -> T:
+    """`call()`, asked again after transient faults of the store behind `uri` (backoff 0.5 s
+    doubling to 8 s) until the retry budget is spent; then StoreUnavailable naming `uri`."""
+    if is_local(uri):
+        return call()
+    budget = float(os.environ.get(RETRY_BUDGET_ENV, RETRY_BUDGET_S))
+    started, delay, tries = time.monotonic(), 0.5, 0
+    while True:
+        tries += 1
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            waited = time.monotonic() - started
+            if waited + delay > budget:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StoreUnavailable(f"{uri}: the object store did not answer for {waited:.0f} s ({tries} tries; "
+                                       f"last: {type(exc).__name__}: {first})") from None
+            _filesystem_for(uri).invalidate_cache()
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
+
+
+def _filesystem_for(uri: str) -> fsspec.AbstractFileSystem:
+    return filesystem(uri)[0]
 
 
 def worker_runtime_env() -> dict:
@@ -59,10 +128,19 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-def read_bytes(uri: str) -> bytes:
+def read_with(uri: str, read: Callable[[IO[bytes]], T]) -> T:
+    """`read(file)` on `uri` opened for reading, retried as a whole on a transient fault."""
     fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return f.read()
+
+    def call() -> T:
+        with fs.open(path, "rb") as f:
+            return read(f)
+
+    return retrying(uri, call)
+
+
+def read_bytes(uri: str) -> bytes:
+    return read_with(uri, lambda f: f.read())
 
 
 @contextlib.contextmanager
@@ -76,15 +154,14 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
     every small output file a disk flush).
     """
     fs, path = filesystem(uri)
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if not is_local(uri):
+    if not is_local(uri):  # an object store has no folders to make
         buf = io.BytesIO()  # a file object's close would upload what it holds even after an error
         yield buf
-        fs.pipe_file(path, buf.getvalue())
+        retrying(uri, lambda: fs.pipe_file(path, buf.getvalue()))
         return
     folder, name = os.path.split(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
@@ -105,7 +182,7 @@ def write_bytes(uri: str, data: bytes) -> None:
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     fs.invalidate_cache()
-    return fs.exists(path)
+    return retrying(uri, lambda: fs.exists(path))
 
 
 def as_uri(path: str, like: str) -> str:
@@ -117,8 +194,16 @@ def as_uri(path: str, like: str) -> str:
     return path if path.startswith("/") else "/" + path
 
 
+def list_tree(uri: str) -> list[str]:
+    """Full URIs of every file under `uri`, recursively (or `uri` itself if it is a file), sorted."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache()
+    found = retrying(uri, lambda: [path] if fs.isfile(path) else sorted(fs.find(path)))
+    return [as_uri(p, uri) for p in found]
+
+
 def list_files(uri: str, pattern: str) -> list[str]:
     """Full URIs of files directly under `uri` whose names match the glob `pattern`, sorted."""
     fs, path = filesystem(uri)
     fs.invalidate_cache()  # s3fs caches listings; a writer in this process may have added files
-    return sorted(as_uri(p, uri) for p in fs.glob(posixpath.join(path.rstrip("/"), pattern)))
+    return sorted(as_uri(p, uri) for p in retrying(uri, lambda: fs.glob(posixpath.join(path.rstrip("/"), pattern))))

@@ -496,10 +496,10 @@ class TorchFocalStacks(IterableDataset):
 
     def _read_rows(self, shard_index: int, rows: np.ndarray) -> list[dict]:
         shard = self.shards[shard_index][0]
-        fs, path = storage.filesystem(shard)
         try:
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=TRAIN_COLUMNS)
+            table = storage.read_with(shard, lambda f: pq.read_table(f, columns=TRAIN_COLUMNS))
+        except storage.StoreUnavailable:
+            raise
         except Exception as exc:
             raise DatasetError(f"{shard}: not a readable Parquet file: {exc}") from None
         picked = table.take(pa.array(rows, type=pa.int64())).to_pylist()

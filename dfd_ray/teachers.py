@@ -128,7 +128,7 @@ def read_sidecar(uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     and what is wrong when it is not a teacher sidecar."""
     try:
         table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    except FileNotFoundError:
+    except (FileNotFoundError, storage.StoreUnavailable):
         raise
     except Exception as exc:
         raise DatasetError(f"{uri}: not a readable teacher sidecar: {exc}") from None
@@ -156,9 +156,9 @@ def sidecar_is_current(shard: str) -> bool:
     if not storage.exists(uri):
         return False
     try:
-        fs, path = storage.filesystem(uri)
-        with fs.open(path, "rb") as f:
-            ids = pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist()
+        ids = storage.read_with(uri, lambda f: pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist())
+    except storage.StoreUnavailable:
+        raise
     except Exception:
         return False  # torn or foreign: recompute it
     return sorted(ids) == sorted(focalstack.shard_scene_ids(shard))

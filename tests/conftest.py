@@ -64,3 +64,32 @@ def s3_bucket(s3_server):
     name = f"dfd-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def faulty_s3(s3_server, monkeypatch):
+    """(proxy, bucket URI): a fresh bucket reached through a fault-injecting proxy (tests/faults.py);
+    AWS_ENDPOINT_URL points at the proxy for the test."""
+    import boto3
+
+    from faults import FaultyProxy
+
+    proxy = FaultyProxy(s3_server)
+    name = f"dfd-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    yield proxy, f"s3://{name}"
+    proxy.close()
+
+
+@pytest.fixture(scope="session")
+def model_uri(tmp_path_factory):
+    """An untrained model of the default architecture, saved: for jobs that need any model."""
+    import torch
+
+    from dfd_ray.models import DFDModel, ModelConfig, save_model
+
+    torch.manual_seed(0)
+    uri = str(tmp_path_factory.mktemp("model") / "model")
+    save_model(DFDModel(ModelConfig()), uri)
+    return uri

@@ -175,14 +175,6 @@ def test_tiled_prediction_matches_whole_image_away_from_seams():
 
 # --- the Ray Data job ---------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def model_uri(tmp_path_factory):
-    torch.manual_seed(0)
-    uri = str(tmp_path_factory.mktemp("model") / "model")
-    save_model(DFDModel(ModelConfig()), uri)
-    return uri
-
-
 def _cfg(model_uri, input_uri, out, *overrides):
     return load_config(infer.InferConfig, [f"model={model_uri}", f"input={input_uri}", f"out={out}", "ray_cpus=4",
                                            *overrides])
