@@ -68,11 +68,11 @@ def s3_bucket(s3_server):
 
 @pytest.fixture
 def faulty_s3(s3_server, monkeypatch):
-    """(proxy, bucket URI): a fresh bucket reached through a fault-injecting proxy (tests/faults.py);
-    AWS_ENDPOINT_URL points at the proxy for the test."""
+    """(proxy, bucket URI): a fresh bucket reached through a fault-injecting proxy
+    (dfd_ray.fault_proxy); AWS_ENDPOINT_URL points at the proxy for the test."""
     import boto3
 
-    from faults import FaultyProxy
+    from dfd_ray.fault_proxy import FaultyProxy
 
     proxy = FaultyProxy(s3_server)
     name = f"dfd-{uuid.uuid4().hex[:12]}"

@@ -1,5 +1,8 @@
-"""A fault-injecting TCP proxy for tests: put it in front of the moto S3 endpoint and make the object
-store refuse connections, drop them mid-response or answer 503 SlowDown for a set time."""
+"""A fault-injecting TCP proxy, for tests and benchmarks of the object-store paths
+(docs/reliability.md): put it in front of an S3 endpoint (moto's server) and point
+AWS_ENDPOINT_URL at it to make the store refuse connections, drop them mid-response or answer
+503 SlowDown for a set time.
+"""
 
 from __future__ import annotations
 
