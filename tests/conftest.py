@@ -93,3 +93,11 @@ def model_uri(tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("model") / "model")
     save_model(DFDModel(ModelConfig()), uri)
     return uri
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses the shared Ray session `ray`, so that `-m "not ray"` runs without Ray
+    (tests that start a Ray of their own carry the marker themselves)."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)

@@ -15,6 +15,8 @@ import pytest
 from dfd_ray import synth
 from dfd_ray.config import load_config
 
+pytestmark = pytest.mark.ray  # each job starts an embedded Ray of its own
+
 STOP_TIMEOUT_S = 120  # a stop that takes longer is a hang; the measured times are seconds (docs/reliability.md)
 
 
