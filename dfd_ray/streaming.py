@@ -372,7 +372,7 @@ def ray_dataset(
 
 def _ray_dataset(uri: str, cfg: StreamConfig, teachers: bool = False) -> ray.data.Dataset:
     import ray.data
-    from ray.data._internal.random_config import RandomSeedConfig
+    from ray.data import RandomSeedConfig
 
     shards = [shard for shard, _ in _checked_shards(uri)]
     sidecars = None

@@ -230,6 +230,3 @@ class RendererCore:
             "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 2) for q in (50, 90, 99)},
             "device": self.device,
         }
-
-    def ping(self) -> bool:
-        return True

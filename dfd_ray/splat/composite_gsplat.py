@@ -24,7 +24,7 @@ def composite(
     """Render B images on CUDA: (image (B, H, W, C), depth (B, H, W) metres, alpha (B, H, W))."""
     if not proj.means2d.is_cuda:
         raise ValueError("composite_gsplat needs CUDA tensors; use composite_torch on CPU")
-    from gsplat.cuda._wrapper import isect_offset_encode, isect_tiles, rasterize_to_pixels
+    from gsplat import isect_offset_encode, isect_tiles, rasterize_to_pixels
 
     dtype = proj.means2d.dtype
     n_img = proj.opacities.shape[0]
