@@ -29,20 +29,15 @@ DEPTH_CMAP = "viridis"
 
 @dataclass
 class ShowConfig:
-    """uri: dataset root (with train/ and test/) or one prefix; out: PNG path or URI.
+    """Which stacks a contact sheet shows, and where it goes."""
 
-    split: "" = `uri` itself if it holds shards, else its first split (train); or train/test.
-    scenes: show these scene ids (in this order) instead of picking stacks.
-    seed: null = the first `n_stacks` stacks; an integer = a random sample of them.
-    """
-
-    uri: str = MISSING
-    out: str = MISSING
-    n_stacks: int = 4
-    split: str = ""
-    scenes: list[str] = field(default_factory=list)
-    seed: Optional[int] = None
-    dpi: int = 100
+    uri: str = MISSING  # dataset root (with train/ and test/) or one prefix
+    out: str = MISSING  # PNG path or URI
+    n_stacks: int = 4  # stacks on the sheet, one row each
+    split: str = ""  # "" = `uri` itself if it holds shards, else its first split (train); or train / test
+    scenes: list[str] = field(default_factory=list)  # show these scene ids (in this order) instead of picking
+    seed: Optional[int] = None  # None = the first `n_stacks` stacks; an integer = a random sample of them
+    dpi: int = 100  # resolution of the PNG
 
     def __post_init__(self) -> None:
         if self.out != MISSING:

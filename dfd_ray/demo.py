@@ -24,15 +24,15 @@ from dfd_ray.ray_session import ensure_ray
 class DemoConfig:
     out: str = "demo_out"  # folder or URI for everything the demo writes
     n_scenes: int = 4  # training stacks to generate
-    n_test: int = 2
+    n_test: int = 2  # held-out stacks to generate (evaluated and inferred)
     height: int = 64  # pixels; the preset fixes the pitch
-    width: int = 64
-    preset: str = "fod500"
+    width: int = 64  # pixels
+    preset: str = "fod500"  # camera preset (docs/design.md §2)
     crop: int = 48  # training crop, pixels at native resolution
-    batch_size: int = 2
-    train_steps: int = 40
+    batch_size: int = 2  # training stacks per worker per step
+    train_steps: int = 40  # steps of the demo's own short training run
     ray_cpus: int = 4  # logical CPUs of the embedded local Ray (fractional tasks on 2 cores)
-    seed: int = 0
+    seed: int = 0  # of the generated data
 
     def __post_init__(self) -> None:
         require(self.ray_cpus >= 1, "ray_cpus", "must be >= 1")

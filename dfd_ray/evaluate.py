@@ -42,7 +42,7 @@ class EvalConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     max_depth: float | None = None  # metres: GT beyond is not scored (FoD500 practice: 1.5)
     max_stacks: int = 0  # 0 = all
-    device: str = "cpu"
+    device: str = "cpu"  # torch device of the model
 
     def __post_init__(self) -> None:
         require(self.max_stacks >= 0, "max_stacks", "must be >= 0")

@@ -55,7 +55,7 @@ class CameraDefaults:
     """Used for any value neither the manifest nor the EXIF gives. None = no default."""
     focus_distance: float | None = None  # metres
     focal_length: float | None = None  # metres
-    f_number: float | None = None
+    f_number: float | None = None  # the lens's f-number N (aperture = focal_length / N)
     pixel_size: float | None = None  # metres per pixel
 
 

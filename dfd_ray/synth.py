@@ -33,10 +33,10 @@ class SynthConfig:
     n_scenes: int = 16  # training stacks
     n_test: int = 4  # held-out stacks
     height: int = 128  # pixels (field of view at the preset's pitch)
-    width: int = 128
-    seed: int = 0
+    width: int = 128  # pixels
+    seed: int = 0  # with (split, index), fixes every scene: a dataset is deterministic for a seed
     min_depth: float | None = None  # metres; None takes the preset's range
-    max_depth: float | None = None
+    max_depth: float | None = None  # metres; None takes the preset's range
     max_shapes: int = 4  # foreground shapes per scene (0..max_shapes)
     slant_probability: float = 0.5  # chance that a plane is slanted rather than fronto-parallel
     noise_std: float = 0.01  # sensor noise, in units of full scale at mid grey; 0 disables it

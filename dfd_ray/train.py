@@ -51,7 +51,7 @@ class TrainConfig:
     splats: str = ""  # splat store (dfd-ray fit's <out>/splats): renderer pool, and teachers where fitted; "" = <out>/splats
     supervision: str = "self"  # "self" (teachers from the stack), or "gt" (GT depth as the teacher: an upper bound)
     depth_loss: str = "log"  # error of depth vs the splat prior: "log" (L1 of log depth) or "rel" (AbsRel)
-    steps: int = 6000
+    steps: int = 6000  # optimiser steps in all; a resumed run trains on to this step
     batch_size: int = 4  # stacks per worker per step
     crop: int = 48  # pixels, native resolution
     crops_per_pass: int = 1  # random crops per stack per pass over the data (a pass restarts Ray Data: seconds)
@@ -59,11 +59,11 @@ class TrainConfig:
     lr_decay_at: list[int] = field(default_factory=lambda: [4800])  # steps after which the rate is multiplied by lr_decay
     lr_decay: float = 0.1  # factor per step of lr_decay_at; a resumed run follows the schedule of its config
     ema_decay: float = 0.0  # > 0: checkpoints serve an exponential moving average of the weights (e.g. 0.999)
-    seed: int = 0
+    seed: int = 0  # crops, flips and data order; another seed on resume draws new crops
     report_every: int = 50  # steps between metric reports (reports block; docs/design.md)
-    checkpoint_every: int = 500
-    num_workers: int = 1
-    use_gpu: bool = False
+    checkpoint_every: int = 500  # steps between checkpoints (the last 3 are kept)
+    num_workers: int = 1  # Ray Train data-parallel workers (DDP), each reading its own shard of the data
+    use_gpu: bool = False  # one GPU per worker (NCCL); False trains on CPUs (gloo)
     worker_cpus: float = 2.0  # per training worker (torch threads: its whole part); fractional on a laptop
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     ray_cpus: int = 4  # logical CPUs of an embedded local Ray (ignored on a cluster)

@@ -92,7 +92,7 @@ class PresetImportConfig(ImportConfig):
     PRESET: ClassVar[str] = "fod500"
 
     focal_length: float | None = None  # metres; None keeps the preset's
-    f_number: float | None = None
+    f_number: float | None = None  # None keeps the preset's
     pixel_size: float | None = None  # metres per pixel (sensor pitch); None keeps the preset's
     focus_distances: list[float] | None = None  # metres, strictly ascending, one per slice
 

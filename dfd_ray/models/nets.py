@@ -49,7 +49,7 @@ class ModelConfig:
     widths: tuple[int, ...] = (24, 48, 96, 192)  # SDNet U-Net channels per level
     side_widths: tuple[int, ...] = (16, 32, 64)  # DepthNet's side-logit U-Net channels per level
     min_depth: float = 0.1  # metres: the posterior's grid spans [min_depth, max_depth]
-    max_depth: float = 3.0
+    max_depth: float = 3.0  # metres; the far end of the posterior's grid
     depth_bins: int = 128  # inverse-depth bins of the posterior, uniform in 1/d
     max_coc_px: float = 24.0  # CoC predictions saturate softly here (pixels)
     min_scale_px: float = 0.05  # floor of the predicted CoC error scale b (pixels)

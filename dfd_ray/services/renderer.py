@@ -35,7 +35,7 @@ Window = tuple[int, int, int, int]  # top, left, height, width (pixels)
 class RendererPoolConfig:
     splat_store: str = ""  # folder/URI of <scene_id>.npz splats (read, and written by fits)
     data: str = ""  # focal-stack dataset to fit scenes that have no stored splats ("" = none)
-    num_actors: int = 1
+    num_actors: int = 1  # renderer actors; scenes are routed to them by a stable hash of their id
     scenes_per_actor: int = 8  # scenes kept in memory per actor (LRU)
     num_cpus: float = 0.5  # per actor; fractional so training workers still schedule on 2 cores
     num_gpus: float = 0.0  # per actor; a GPU cluster gives each actor a fraction of a GPU

@@ -34,14 +34,14 @@ class FitConfig:
     min_depth: float | None = None  # metres; None: half the nearest focus distance
     max_depth: float | None = None  # metres; None: twice the farthest focus distance
     lr_depth: float = 0.005  # on the depth logit; larger steps chase colour errors
-    lr_color: float = 0.02
+    lr_color: float = 0.02  # Adam's rate on the colours (linear light)
     lr_shape: float = 0.02  # log scale and opacity logit
     ssim_weight: float = 0.2  # loss = (1 - w) L1 + w (1 - SSIM)
     smooth_weight: float = 0.1  # edge-aware smoothness of inverse depth between neighbour cells
     eps2d: float = 0.1  # pixels²: screen-space dilation of every splat (gsplat's default is 0.3;
     # less lets per-pixel colours explain the sharpest slice, measured to halve the depth bias)
-    device: str = "cpu"
-    seed: int = 0
+    device: str = "cpu"  # torch device of the fit: "cpu" (torch compositor) or "cuda" (gsplat)
+    seed: int = 0  # torch seed of the fit
 
     def __post_init__(self) -> None:
         require(self.steps >= 0, "steps", "must be >= 0")
