@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,6 +29,9 @@ def _first(signum: int, frame: object) -> None:
     received = signal.Signals(signum).name
     signal.signal(signal.SIGINT, _now)
     signal.signal(signal.SIGTERM, _now)
+    # Two signals that arrive before this handler runs count as one (they do not queue), so the
+    # user learns here that the first was taken and that another one now stops at once.
+    print(f"\ndfd-ray: {received}: stopping (send it again to stop at once)", file=sys.stderr, flush=True)
     raise KeyboardInterrupt(received)
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -33,19 +34,30 @@ def _start(*args):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _signal_when(proc, ready, *signals, gap_s=0.3):
+def _signal_when(proc, ready, *signals):
+    """Send `signals` once `ready()`; each after the first once the job has said it took the one
+    before (signals that arrive before the handler runs count as one). → (status, stdout, stderr)."""
+    out: list[str] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True),
+               threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
         deadline = time.time() + 300
         while not ready():
-            assert proc.poll() is None, f"exited before the signal: {proc.communicate()}"
+            assert proc.poll() is None, f"exited before the signal: {''.join(err)}"
             assert time.time() < deadline, "never got ready for the signal"
             time.sleep(0.1)
         for i, sig in enumerate(signals):
+            if i:
+                while not any("stopping" in line for line in err) and proc.poll() is None:
+                    time.sleep(0.01)
             proc.send_signal(sig)
-            if i + 1 < len(signals):
-                time.sleep(gap_s)
-        out, err = proc.communicate(timeout=STOP_TIMEOUT_S)
-        return proc.returncode, out, err
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        for reader in readers:
+            reader.join(timeout=10)
+        return proc.returncode, "".join(out), "".join(err)
     finally:
         if proc.poll() is None:  # a failed check must not leave a job running
             proc.kill()
@@ -74,7 +86,8 @@ def test_a_second_signal_stops_at_once(data, tmp_path):
     out = tmp_path / "fit"
     proc = _start("fit", "--data", data, "--out", str(out), "fit.steps=150", "task_cpus=0.5", "ray_cpus=1")
     working = lambda: len(glob.glob(str(out / "records" / "*.json"))) >= 1  # noqa: E731
-    rc, _, _ = _signal_when(proc, working, signal.SIGTERM, signal.SIGTERM, gap_s=0.05)
+    rc, _, err = _signal_when(proc, working, signal.SIGTERM, signal.SIGTERM)
+    assert "stopping (send it again to stop at once)" in err
     assert rc == 128 + signal.SIGTERM  # the second came during the clean-up of the first
 
 
