@@ -339,6 +339,7 @@ def _dataset(cfg: InferConfig, kind: str, todo: list[str], done: frozenset, mani
     import ray.data
 
     arrow_fs, _ = storage.arrow_filesystem(cfg.input)
+    storage.retry_in_ray_data()
     env = storage.worker_runtime_env()
     paths = [storage.filesystem(u)[1] for u in todo]
     if kind == "photos":

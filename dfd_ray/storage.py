@@ -69,6 +69,21 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, boto.ClientError)) and any(w in text for w in _TRANSIENT_WORDS)
 
 
+# What botocore and s3fs say on the transient faults above: Ray Data retries a read whose error
+# message holds one of these (DataContext.retried_io_errors; its defaults name only pyarrow's S3).
+RAY_DATA_RETRIED_ERRORS = ("Could not connect to the endpoint URL", "Connection was closed before we received",
+                           "Read timeout on endpoint URL", "Connect timeout on endpoint URL", *_TRANSIENT_WORDS)
+
+
+def retry_in_ray_data() -> None:
+    """Have this process's Ray Data retry reads on the store's transient faults (call before building
+    a dataset: the context travels with it to its tasks)."""
+    from ray.data import DataContext
+
+    errors = DataContext.get_current().retried_io_errors
+    errors.extend(e for e in RAY_DATA_RETRIED_ERRORS if e not in errors)
+
+
 def retrying(uri: str, call: Callable[[], T]) -> T:
     """`call()`, asked again after transient faults of the store behind `uri` (backoff 0.5 s
     doubling to 8 s) until the retry budget is spent; then StoreUnavailable naming `uri`."""

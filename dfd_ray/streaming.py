@@ -381,6 +381,7 @@ def _ray_dataset(uri: str, cfg: StreamConfig, teachers: bool = False) -> ray.dat
 
         sidecars = {posixpath.basename(shard): sidecar_uri(shard) for shard in shards}
     fs, _ = storage.arrow_filesystem(uri)
+    storage.retry_in_ray_data()
     file_shuffle = None
     if cfg.shuffle in ("files", "rows"):
         file_shuffle = ray.data.FileShuffleConfig(seed=cfg.seed, reseed_after_execution=cfg.reseed_each_epoch)
