@@ -57,11 +57,17 @@ def test_infer_rides_through_an_outage_mid_run(ray_session, faulty_s3, model_uri
     n = 8
     _photos(bucket, n)
     out = f"{bucket}/out"
-    outage = threading.Timer(4.0, proxy.fault, args=("refuse", 6.0))  # while photos are in flight
+    def outage_once_writing():  # the first photo is written: the rest are in flight
+        deadline = time.monotonic() + 300
+        while not storage.list_files(f"{out}/_manifest", "*.parquet") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proxy.fault("refuse", 6.0)
+
+    outage = threading.Thread(target=outage_once_writing, daemon=True)
     outage.start()
     summary = infer.run(load_config(infer.InferConfig, [f"model={model_uri}", f"input={bucket}/in", f"out={out}",
                                                         "batch_size=1", "io_batch=1", *CAMERA]))
-    outage.join()
+    outage.join(timeout=60)
     rows = infer.read_table(out, infer.MANIFEST_DIR, infer.MANIFEST_SCHEMA).to_pylist()
     assert (summary["done"], summary["errors"]) == (n, 0) and len(rows) == len({r["input"] for r in rows}) == n
     assert proxy.counts["refuse"] > 0, "the outage never met a request"
