@@ -103,13 +103,9 @@ def retrying(uri: str, call: Callable[[], T]) -> T:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise StoreUnavailable(f"{uri}: the object store did not answer for {waited:.0f} s ({tries} tries; "
                                        f"last: {type(exc).__name__}: {first})") from None
-            _filesystem_for(uri).invalidate_cache()
+            filesystem(uri)[0].invalidate_cache()
             time.sleep(delay)
             delay = min(2 * delay, 8.0)
-
-
-def _filesystem_for(uri: str) -> fsspec.AbstractFileSystem:
-    return filesystem(uri)[0]
 
 
 def worker_runtime_env() -> dict:

@@ -156,7 +156,7 @@ def sidecar_is_current(shard: str) -> bool:
     if not storage.exists(uri):
         return False
     try:
-        ids = storage.read_with(uri, lambda f: pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist())
+        ids = focalstack.shard_scene_ids(uri)  # a sidecar has the shards' scene_id column
     except storage.StoreUnavailable:
         raise
     except Exception:
