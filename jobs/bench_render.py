@@ -42,8 +42,8 @@ def scene(n: int, size: int, device: str) -> SceneSplats:
     return splats.to(device).requires_grad_()
 
 
-def box_pairs(splats: SceneSplats) -> int:
-    """(pixel, Gaussian) pairs inside the splats' 3σ-like boxes: the work the compositor scans."""
+def listed_pairs(splats: SceneSplats) -> int:
+    """(pixel, Gaussian) pairs the compositor lists (inside each splat's alpha = 1/255 ellipse): the work it scans."""
     with torch.no_grad():
         proj = project(splats, focus_distance=0.3)
         gid, pix, _, _ = _pairs(proj, splats.camera.width, splats.camera.height)
@@ -82,7 +82,7 @@ def main() -> None:
     print(f"host: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"cuda: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     print(f"{'device':6} {'backend':7} {'gaussians':>9} {'image':>7} {'fwd ms':>8} {'bwd ms':>8} "
-          f"{'box pairs':>10} {'Mpairs/s fwd':>12}")
+          f"{'pairs':>10} {'Mpairs/s fwd':>12}")
     counts = [2_000, 20_000] if args.quick else [2_000, 16_384, 20_000, 100_000]
     sizes = [64, 128] if args.quick else [64, 128, 256]
     for device in devices:
@@ -90,7 +90,7 @@ def main() -> None:
         for n in counts:
             for size in sizes:
                 splats = scene(n, size, device)
-                pairs = box_pairs(splats)
+                pairs = listed_pairs(splats)
                 for backend in backends:
                     fwd, bwd = time_render(splats, backend, device, repeats)
                     print(f"{device:6} {backend:7} {n:9d} {size:4d}²  {fwd * 1e3:8.1f} {bwd * 1e3:8.1f} "

@@ -3,7 +3,7 @@
 Follows gsplat's per-pixel rules (docs/design.md §3): pixel centres at +0.5; alpha = min(0.999,
 opacity · exp(-q/2)); pairs with alpha < 1/255 are skipped; a pixel stops at the Gaussian that
 would take its transmittance to 1e-4 or below (that Gaussian is not added). Formulation: one row
-per (pixel, Gaussian) pair inside each splat's box, sorted by pixel then depth; transmittance is
+per (pixel, Gaussian) pair inside each splat's alpha = 1/255 ellipse, sorted by pixel then depth; transmittance is
 the exponential of a per-pixel exclusive cumulative sum of log(1 - alpha), in float64 because the
 running sum spans every pixel of the image.
 """
@@ -18,25 +18,43 @@ MAX_ALPHA = 0.999
 T_MIN = 1e-4
 
 
+SPAN_MARGIN = 1e-3  # pixels: each row's exact span is widened by this much against rounding
+
+
 def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, ...]:
-    """Every pixel centre inside each Gaussian's box, image by image: (flat Gaussian index into
-    B·N, flat pixel index into B·H·W, pixel column, pixel row)."""
+    """Every pixel centre where a Gaussian's alpha may reach 1/255, image by image: (flat Gaussian
+    index into B·N, flat pixel index into B·H·W, pixel column, pixel row).
+
+    Row by row of each splat's box, only the span inside its alpha = 1/255 ellipse (solved from
+    the conic, widened by SPAN_MARGIN) is listed: about half the box of a round splat. The exact
+    per-pair test in `composite` decides; a pair outside the ellipse would fail it anyway."""
     with torch.no_grad():
         n_img, n = proj.opacities.shape
         mx, my = proj.means2d[..., 0].reshape(-1), proj.means2d[..., 1].reshape(-1)
         rx, ry = proj.radii[..., 0].reshape(-1), proj.radii[..., 1].reshape(-1)
+        opacity = proj.opacities.reshape(-1)
         x0 = torch.ceil(mx - rx - 0.5).clamp(0, width).long()
         x1 = torch.floor(mx + rx - 0.5).clamp(-1, width - 1).long()
         y0 = torch.ceil(my - ry - 0.5).clamp(0, height).long()
         y1 = torch.floor(my + ry - 0.5).clamp(-1, height - 1).long()
-        nx = (x1 - x0 + 1).clamp_min(0)
         ny = (y1 - y0 + 1).clamp_min(0)
-        visible = (proj.opacities.reshape(-1) >= ALPHA_THRESHOLD) & (rx > 0) & (ry > 0)
-        counts = torch.where(visible, nx * ny, torch.zeros_like(nx))
-        gid = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-        local = torch.arange(len(gid), device=gid.device) - (torch.cumsum(counts, 0) - counts)[gid]
-        px = x0[gid] + local % nx[gid]
-        py = y0[gid] + torch.div(local, nx[gid], rounding_mode="floor")
+        visible = (opacity >= ALPHA_THRESHOLD) & (rx > 0) & (ry > 0) & (x1 >= x0)
+        rows = torch.where(visible, ny, torch.zeros_like(ny))
+        g_row = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), rows)
+        py_row = y0[g_row] + torch.arange(len(g_row), device=g_row.device) - (torch.cumsum(rows, 0) - rows)[g_row]
+        # On row y the ellipse 0.5 a dx² + b dx dy + 0.5 c dy² <= ln(255 opacity) spans the roots in dx.
+        a, b, c = (proj.conics.reshape(-1, 3)[g_row, k].double() for k in range(3))
+        dy = py_row.double() + 0.5 - my[g_row].double()
+        level = torch.log(opacity[g_row].double() / ALPHA_THRESHOLD)
+        disc = (b * dy) ** 2 - a * (c * dy * dy - 2 * level)
+        root = torch.sqrt(disc.clamp_min(0))
+        centre = mx[g_row].double() - 0.5 - b * dy / a
+        xs = torch.maximum(torch.ceil(centre - root / a - SPAN_MARGIN).long(), x0[g_row])
+        xe = torch.minimum(torch.floor(centre + root / a + SPAN_MARGIN).long(), x1[g_row])
+        counts = torch.where(disc >= 0, (xe - xs + 1).clamp_min(0), torch.zeros_like(xs))
+        row = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+        px = xs[row] + torch.arange(len(row), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
+        gid, py = g_row[row], py_row[row]
         image = torch.div(gid, n, rounding_mode="floor")
         return gid, (image * height + py) * width + px, px, py
 
