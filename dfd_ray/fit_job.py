@@ -72,7 +72,7 @@ def fit_one(stack: focalstack.FocalStack, cfg: FitJobConfig) -> dict:
     import torch
 
     torch.set_num_threads(max(1, int(cfg.task_cpus)))
-    result = fit_scene(stack, cfg.fit)
+    result = fit_scene(stack, cfg.fit, log=lambda line: print(line, flush=True))
     save_fit(result, splat_uri(cfg.out, stack.scene_id))
     storage.write_bytes(storage.join(cfg.out, "depth", f"{stack.scene_id}.png"), depth_png.encode_depth_mm(result.depth))
     storage.write_bytes(storage.join(cfg.out, "depth", f"{stack.scene_id}_preview.png"), depth_png.encode_preview(result.depth))
@@ -101,18 +101,23 @@ def run(cfg: FitJobConfig) -> dict:
         cpus = ray.cluster_resources().get("CPU", cfg.ray_cpus)
         max_in_flight = max(2, int(2 * cpus / cfg.task_cpus))
 
+        prefixes = focalstack.dataset_prefixes(cfg.data)
+        total = sum(min(n, cfg.max_scenes) if cfg.max_scenes else n for n in (
+            sum(len(focalstack.shard_scene_ids(s)) for s in focalstack.shard_uris(p)) for p in prefixes))
+
         def collect(block_until: int) -> None:
             while len(pending) > block_until:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 scene_id = pending.pop(done[0])
                 try:
                     records.append(ray.get(done[0]))
-                    print(f"fit {scene_id}: {records[-1].get('seconds')} s", flush=True)
+                    status = f"{records[-1].get('seconds')} s"
                 except Exception as exc:  # one bad scene must not sink the job
                     failed.append({"scene_id": scene_id, "error": str(exc).splitlines()[-1]})
-                    print(f"fit {scene_id}: FAILED {failed[-1]['error']}", flush=True)
+                    status = f"FAILED {failed[-1]['error']}"
+                print(f"fit {scene_id}: {status} [{len(records) + len(failed)}/{total} scenes]", flush=True)
 
-        for prefix in focalstack.dataset_prefixes(cfg.data):
+        for prefix in prefixes:
             for index, stack in enumerate(focalstack.read_stacks(prefix)):
                 if cfg.max_scenes and index >= cfg.max_scenes:
                     break
