@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, TypeVar
 
 import fsspec
+import pyarrow as pa
 import pyarrow.fs as pafs
 from fsspec.core import url_to_fs
 
@@ -122,10 +123,56 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+class _Upload(io.BytesIO):
+    """An output stream to an object store: the bytes go in one PUT, retried, when it closes."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, uri: str) -> None:
+        super().__init__()
+        self._fs, self._path, self._uri = fs, path, uri
+
+    def close(self) -> None:
+        if not self.closed:
+            data = self.getvalue()
+            retrying(self._uri, lambda: self._fs.pipe_file(self._path, data))
+        super().close()
+
+
+def _retried(method: Callable) -> Callable:
+    """A pyarrow FileSystemHandler method (its first argument a path, a list of them or a
+    FileSelector) under `retrying`."""
+    def call(self: "_RetryingHandler", where, *rest):
+        if isinstance(where, pafs.FileSelector):
+            path = where.base_dir
+        else:
+            path = where[0] if isinstance(where, list) and where else where
+        return retrying(f"{self.scheme}://{path}", lambda: method(self, where, *rest))
+    return call
+
+
+class _RetryingHandler(pafs.FSSpecHandler):
+    """pyarrow's view of an object store with every call under `retrying`: Ray Train uploads its
+    checkpoints and Ray Data lists and opens files through it, so they ride out an outage too."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, scheme: str) -> None:
+        super().__init__(fs)
+        self.scheme = scheme
+
+    def open_output_stream(self, path, metadata):
+        return pa.PythonFile(_Upload(self.fs, path, f"{self.scheme}://{path}"), mode="w")
+
+
+for _name in ("get_file_info", "get_file_info_selector", "create_dir", "delete_dir", "delete_dir_contents",
+              "delete_file", "move", "copy_file", "open_input_stream", "open_input_file"):
+    setattr(_RetryingHandler, _name, _retried(getattr(pafs.FSSpecHandler, _name)))
+
+
 def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem wrapping the same fsspec filesystem (for pyarrow and Ray Data)."""
+    """A pyarrow filesystem wrapping the same fsspec filesystem (for pyarrow, Ray Data and Ray
+    Train); on an object store its calls are retried as this module's own."""
     fs, path = filesystem(uri)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    if is_local(uri):
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    return pafs.PyFileSystem(_RetryingHandler(fs, uri.split("://", 1)[0])), path
 
 
 def join(uri: str, *parts: str) -> str:

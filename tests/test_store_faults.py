@@ -27,6 +27,24 @@ def test_reads_and_writes_ride_through_a_short_outage(faulty_s3, mode):
     assert proxy.counts[mode] > 0  # the fault was met, not missed
 
 
+def test_the_arrow_filesystem_uploads_a_checkpoint_through_an_outage(faulty_s3, tmp_path):
+    """Ray Train copies its checkpoint folders through `storage.arrow_filesystem`."""
+    import pyarrow.fs as pafs
+
+    proxy, bucket = faulty_s3
+    (tmp_path / "ckpt" / "sub").mkdir(parents=True)
+    (tmp_path / "ckpt" / "model.pt").write_bytes(b"w" * 20000)
+    (tmp_path / "ckpt" / "sub" / "state.json").write_bytes(b"{}")
+    fs, path = storage.arrow_filesystem(f"{bucket}/run/checkpoint_000001")
+    # 15 s: longer than botocore's and s3fs's own retries ride out (a plain FSSpecHandler fails at ~10 s)
+    proxy.fault("refuse", seconds=15)
+    pafs.copy_files(str(tmp_path / "ckpt"), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    assert storage.read_bytes(f"{bucket}/run/checkpoint_000001/model.pt") == b"w" * 20000
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    assert sorted(i.path.rsplit("/", 2)[-1] for i in infos if i.type == pafs.FileType.File) == ["model.pt", "state.json"]
+    assert proxy.counts["refuse"] > 0  # the fault was met, not missed
+
+
 def test_a_store_that_stays_down_is_one_line_naming_the_uri(faulty_s3, monkeypatch):
     proxy, bucket = faulty_s3
     monkeypatch.setenv(storage.RETRY_BUDGET_ENV, "1")
@@ -47,6 +65,7 @@ def _photos(bucket: str, n: int) -> None:
 CAMERA = ["camera.focus_distance=0.5", "camera.focal_length=0.0029", "camera.f_number=1", "camera.pixel_size=1.2e-5"]
 
 
+@pytest.mark.slow
 def test_infer_rides_through_an_outage_mid_run(ray_session, faulty_s3, model_uri):
     """The user's case: `dfd-ray infer` over s3:// with the store unreachable for a while mid-run
     finishes with every photo exactly once."""
