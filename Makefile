@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test bench clean cluster-up cluster-down cluster-status
+.PHONY: install demo test test-all bench clean cluster-up cluster-down cluster-status
 
 install: $(STAMP)
 
@@ -26,7 +26,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/dfd-ray demo --out $(DEMO_OUT)
 
+# `make test` leaves out the tests marked slow (pyproject.toml); `make test-all` runs every test.
 test: install
+	$(PY) -m pytest -q --durations=10 -m "not slow" tests
+
+test-all: install
 	$(PY) -m pytest -q --durations=10 tests
 
 bench: install

@@ -82,6 +82,7 @@ def test_fit_stops_on_sigint_and_the_same_command_resumes(data, tmp_path):
     assert summary["scenes"] == 4 and summary["kept_from_earlier_run"] == done
 
 
+@pytest.mark.slow
 def test_a_second_signal_stops_at_once(data, tmp_path):
     out = tmp_path / "fit"
     proc = _start("fit", "--data", data, "--out", str(out), "fit.steps=150", "task_cpus=0.5", "ray_cpus=1")
@@ -91,10 +92,11 @@ def test_a_second_signal_stops_at_once(data, tmp_path):
     assert rc == 128 + signal.SIGTERM  # the second came during the clean-up of the first
 
 
+@pytest.mark.slow
 def test_train_stops_on_sigterm_and_resumes_from_its_checkpoint(data, tmp_path):
     out = tmp_path / "train"
     common = ["train", "--data", data, "--out", str(out), "crop=32", "batch_size=1", "num_workers=1",
-              "worker_cpus=0.5", "ray_cpus=2", "report_every=2", "checkpoint_every=2"]
+              "worker_cpus=0.5", "ray_cpus=2", "report_every=2", "checkpoint_every=2", "crops_per_pass=6"]
     proc = _start(*common, "steps=2000")
     snapshot = out / "dfd" / "checkpoint_manager_snapshot.json"
     rc, _, err = _signal_when(proc, snapshot.exists, signal.SIGTERM)

@@ -13,7 +13,7 @@ import torch
 
 from dfd_ray import evaluate, focalstack, losses, storage, streaming, synth, teachers, train
 from dfd_ray.config import ConfigError, load_config
-from dfd_ray.models import DFDModel, ModelConfig, load_model
+from dfd_ray.models import DFDModel, ModelConfig, load_model, save_model
 from dfd_ray.optics import coc_gain_px
 
 TERMS = ("teacher_coc", "teacher_scale", "side", "lens_coc", "lens_depth", "render", "prior", "smooth")
@@ -34,6 +34,8 @@ def splats(tmp_path_factory):
 def train_cfg(data, splats, out, *extra):
     return load_config(train.TrainConfig, [
         f"data={data}", f"out={out}", f"splats={splats}", "crop=32", "batch_size=1", "lr=3e-3", "lr_decay_at=[]",
+        # 6 crops per stack per pass: a pass restarts Ray Data, which costs seconds (here once a step at 1)
+        "crops_per_pass=6",
         "num_workers=2", "worker_cpus=0.5", "report_every=2", "checkpoint_every=2", "renderer.num_cpus=0.25", "renderer.fit.steps=20", "renderer.fit.warmup_steps=5",
         *extra,
     ])
@@ -216,20 +218,20 @@ def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_se
     assert "| fused through the lens (whole stack) |" in table and "| fused through the lens + splat fit |" in table
 
 
-def test_gt_supervision_needs_no_teachers_or_renderer(ray_session, tmp_path):
+def test_gt_supervision_needs_no_teachers_or_renderer_and_init_starts_from_a_model(ray_session, tmp_path):
     data = tmp_path / "data"
     synth.run(load_config(synth.SynthConfig, [f"out={data}", "n_scenes=2", "n_test=0", "height=32", "width=32", "seed=4"]))
-    result = train.run(train_cfg(str(data), str(tmp_path / "splats"), tmp_path / "run", "steps=4", "supervision=gt"))
+    torch.manual_seed(5)
+    save_model(DFDModel(ModelConfig()), str(tmp_path / "start"))
+    # Fine-tuning starts from a model's weights: at a vanishing rate they stay the model's.
+    result = train.run(train_cfg(str(data), str(tmp_path / "splats"), tmp_path / "run", "steps=4", "supervision=gt",
+                                 f"init={tmp_path / 'start'}", "lr=1e-12"))
     history = _history(tmp_path / "run")
     assert [h["step"] for h in history] == [2, 4] and result["renderer"] == []
     assert not list(data.glob("train/teachers/*")) and not (tmp_path / "splats").exists()
-    assert history[-1]["teacher_coc"] < history[0]["teacher_coc"]
-    # Fine-tuning starts from a model's weights: at a vanishing rate they stay the model's.
-    train.run(train_cfg(str(data), str(tmp_path / "splats"), tmp_path / "tuned", "steps=2", "supervision=gt",
-                        f"init={tmp_path / 'run' / 'model'}", "lr=1e-12"))
-    start, tuned = load_model(str(tmp_path / "run" / "model"))[0], load_model(str(tmp_path / "tuned" / "model"))[0]
+    start, tuned = load_model(str(tmp_path / "start"))[0], load_model(str(tmp_path / "run" / "model"))[0]
     weights = [(a, b) for (k, a), b in zip(start.state_dict().items(), tuned.state_dict().values()) if "weight" in k]
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in weights)
+    assert weights and all(torch.allclose(a, b, atol=1e-6) for a, b in weights)
 
 
 def test_a_bad_init_model_is_a_config_error_before_cluster_work(data, splats, tmp_path):
@@ -281,7 +283,7 @@ def test_resume_continues_at_the_saved_step(ray_session, data, splats, tmp_path)
     assert [h["lr"] for h in resumed] == pytest.approx([3e-3, 3e-3, 1.5e-3])
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
 def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, splats, tmp_path, where, request):
     """On S3 the data, the teachers, the checkpoints and the model all live in the bucket."""
     import os
