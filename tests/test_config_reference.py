@@ -12,7 +12,7 @@ def test_readme_configuration_reference_is_current():
 
 def test_reference_lists_nested_keys_with_their_comments():
     text = config_reference.reference()
-    assert "| `fit.steps` | int | `120` | Adam steps; each renders every slice once |" in text
+    assert "| `fit.steps` | int | `120` | Adam steps; each renders `slices_per_step` slices of the stack |" in text
     assert "| `renderer.num_cpus` |" in text and "### `dfd-ray import fod500`" in text
 
 

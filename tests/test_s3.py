@@ -33,3 +33,19 @@ def test_validate_on_s3_reports_problems(s3_bucket):
     storage.write_bytes(f"{s3_bucket}/bad/train/part-00000.parquet", b"garbage")
     rows, problems = validate(f"{s3_bucket}/bad")
     assert rows == 0 and len(problems) == 1 and "not a readable Parquet file" in problems[0].message
+
+
+def test_eval_reads_its_model_and_data_from_s3_and_writes_its_metrics_there(s3_bucket, model_uri):
+    import json
+    import os
+
+    from dfd_ray import evaluate, synth
+    from dfd_ray.config import load_config
+
+    synth.run(load_config(synth.SynthConfig, [f"out={s3_bucket}/ev", "n_scenes=0", "n_test=1", "height=32", "width=32"]))
+    for name in os.listdir(model_uri):
+        storage.write_bytes(f"{s3_bucket}/model/{name}", open(os.path.join(model_uri, name), "rb").read())
+    evaluate.run(load_config(evaluate.EvalConfig, [f"model={s3_bucket}/model", f"data={s3_bucket}/ev",
+                                                  f"out={s3_bucket}/eval"]))
+    report = json.loads(storage.read_bytes(f"{s3_bucket}/eval/metrics.json"))
+    assert report["single"]["overall"]["abs_rel"] > 0 and storage.exists(f"{s3_bucket}/eval/metrics.md")
