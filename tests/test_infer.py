@@ -255,7 +255,7 @@ def test_interrupted_run_resumes_without_rewriting(ray_session, model_uri, tmp_p
     src, out = tmp_path / "in", tmp_path / "out"
     # The first run cuts each photo into many small tiles (one forward pass each), so that plenty
     # of work is still queued when the driver is stopped; the runs after it take a photo per pass.
-    n = 24
+    n = 16
     for i in range(n):
         (src / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(_texture(192, 192, i)).save(src / f"d{i % 2}/p{i:02d}.png")

@@ -64,6 +64,7 @@ def _signal_when(proc, ready, *signals):
             proc.wait()
 
 
+@pytest.mark.slow
 def test_fit_stops_on_sigint_and_the_same_command_resumes(data, tmp_path):
     out = tmp_path / "fit"
     args = ["fit", "--data", data, "--out", str(out), "fit.steps=60", "fit.warmup_steps=5", "task_cpus=0.5",
