@@ -93,7 +93,7 @@ def run(cfg: FitJobConfig) -> dict:
     save_config(cfg, cfg.out)
     started = ensure_ray(cfg.ray_cpus)
     try:
-        remote_fit = ray.remote(num_cpus=cfg.task_cpus, max_retries=1)(fit_one)
+        remote_fit = ray.remote(num_cpus=cfg.task_cpus, max_retries=1, **storage.worker_runtime_env())(fit_one)
         cfg_ref = ray.put(cfg)
         pending: dict = {}
         records, failed, kept = [], [], 0

@@ -49,3 +49,21 @@ def test_eval_reads_its_model_and_data_from_s3_and_writes_its_metrics_there(s3_b
                                                   f"out={s3_bucket}/eval"]))
     report = json.loads(storage.read_bytes(f"{s3_bucket}/eval/metrics.json"))
     assert report["single"]["overall"]["abs_rel"] > 0 and storage.exists(f"{s3_bucket}/eval/metrics.md")
+
+
+def test_fit_reads_its_data_from_s3_and_writes_splats_and_records_there(ray_session, s3_bucket):
+    import json
+
+    from dfd_ray import fit_job, synth
+    from dfd_ray.config import load_config
+    from dfd_ray.splat import load_splats
+
+    synth.run(load_config(synth.SynthConfig, [f"out={s3_bucket}/fd", "n_scenes=0", "n_test=1", "height=24", "width=24"]))
+    out = f"{s3_bucket}/fit"
+    summary = fit_job.run(load_config(fit_job.FitJobConfig, [f"data={s3_bucket}/fd", f"out={out}", "fit.steps=4",
+                                                             "fit.warmup_steps=1", "task_cpus=0.5"]))
+    (scene_id,) = [r["scene_id"] for r in json.loads(storage.read_bytes(f"{out}/fit_metrics.json"))["per_scene"]]
+    assert summary["scenes"] == 1 and not summary["failed"]
+    assert load_splats(fit_job.splat_uri(out, scene_id))[0].means.shape[0] == 24 * 24
+    again = fit_job.run(load_config(fit_job.FitJobConfig, [f"data={s3_bucket}/fd", f"out={out}", "fit.steps=4"]))
+    assert again["kept_from_earlier_run"] == 1  # the record and splats on S3 are found and trusted
