@@ -102,8 +102,10 @@ def run(cfg: FitJobConfig) -> dict:
         max_in_flight = max(2, int(2 * cpus / cfg.task_cpus))
 
         prefixes = focalstack.dataset_prefixes(cfg.data)
-        total = sum(min(n, cfg.max_scenes) if cfg.max_scenes else n for n in (
-            sum(len(focalstack.shard_scene_ids(s)) for s in focalstack.shard_uris(p)) for p in prefixes))
+        total = 0  # scenes this run reports on, for the progress count (shard footers only)
+        for prefix in prefixes:
+            scenes = sum(len(focalstack.shard_scene_ids(s)) for s in focalstack.shard_uris(prefix))
+            total += min(scenes, cfg.max_scenes) if cfg.max_scenes else scenes
 
         def collect(block_until: int) -> None:
             while len(pending) > block_until:

@@ -8,7 +8,7 @@ import torch
 
 from dfd_ray import defocus, fit_job, imaging, optics, storage, synth
 from dfd_ray.importers.common import decode_png_depth
-from dfd_ray.config import load_config
+from dfd_ray.config import ConfigError, load_config
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.focalstack import FocalStack, write_stacks
 from dfd_ray.splat import load_splats, render, save_splats
@@ -53,7 +53,7 @@ def test_fit_reports_progress_and_can_draw_a_few_slices_per_step():
     result = fit_scene(stack, FitConfig(steps=5, warmup_steps=0, log_every=2, slices_per_step=2), log=lines.append)
     assert [line.split(" loss ")[0] for line in lines] == [f"fit two-plane: step {k}/5" for k in (2, 4, 5)]
     assert all(np.isfinite(result.losses)) and len(result.losses) == 5
-    with pytest.raises(Exception, match="slices_per_step"):
+    with pytest.raises(ConfigError, match="slices_per_step"):
         FitConfig(slices_per_step=-1)
 
 

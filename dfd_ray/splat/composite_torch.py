@@ -3,9 +3,9 @@
 Follows gsplat's per-pixel rules (docs/design.md §3): pixel centres at +0.5; alpha = min(0.999,
 opacity · exp(-q/2)); pairs with alpha < 1/255 are skipped; a pixel stops at the Gaussian that
 would take its transmittance to 1e-4 or below (that Gaussian is not added). Formulation: one row
-per (pixel, Gaussian) pair inside each splat's alpha = 1/255 ellipse, sorted by pixel then depth; transmittance is
-the exponential of a per-pixel exclusive cumulative sum of log(1 - alpha), in float64 because the
-running sum spans every pixel of the image.
+per (pixel, Gaussian) pair inside each splat's alpha = 1/255 ellipse, sorted by pixel then depth;
+transmittance is the exponential of a per-pixel exclusive cumulative sum of log(1 - alpha), in
+float64 because the running sum spans every pixel of the image.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ T_MIN = 1e-4
 
 
 SPAN_MARGIN = 1e-3  # pixels: each row's exact span is widened by this much against rounding
+
+
+def _segments(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """counts[i] entries for every i, in order: (i of each entry, its position 0..counts[i]-1)."""
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    return owner, torch.arange(len(owner), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner]
 
 
 def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, ...]:
@@ -40,8 +46,8 @@ def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, ...]
         ny = (y1 - y0 + 1).clamp_min(0)
         visible = (opacity >= ALPHA_THRESHOLD) & (rx > 0) & (ry > 0) & (x1 >= x0)
         rows = torch.where(visible, ny, torch.zeros_like(ny))
-        g_row = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), rows)
-        py_row = y0[g_row] + torch.arange(len(g_row), device=g_row.device) - (torch.cumsum(rows, 0) - rows)[g_row]
+        g_row, row_in_box = _segments(rows)
+        py_row = y0[g_row] + row_in_box
         # On row y the ellipse 0.5 a dx² + b dx dy + 0.5 c dy² <= ln(255 opacity) spans the roots in dx.
         a, b, c = (proj.conics.reshape(-1, 3)[g_row, k].double() for k in range(3))
         dy = py_row.double() + 0.5 - my[g_row].double()
@@ -52,8 +58,8 @@ def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, ...]
         xs = torch.maximum(torch.ceil(centre - root / a - SPAN_MARGIN).long(), x0[g_row])
         xe = torch.minimum(torch.floor(centre + root / a + SPAN_MARGIN).long(), x1[g_row])
         counts = torch.where(disc >= 0, (xe - xs + 1).clamp_min(0), torch.zeros_like(xs))
-        row = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-        px = xs[row] + torch.arange(len(row), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
+        row, x_in_span = _segments(counts)
+        px = xs[row] + x_in_span
         gid, py = g_row[row], py_row[row]
         image = torch.div(gid, n, rounding_mode="floor")
         return gid, (image * height + py) * width + px, px, py
