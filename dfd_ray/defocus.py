@@ -85,14 +85,13 @@ def _disc_kernel(diameter_px: float, oversample: int) -> np.ndarray:
 def render_focal_stack(
     surfaces: list[Surface],
     focus_distances: list[float] | np.ndarray,
-    focal_length: float,
-    f_number: float,
-    pixel_size: float,
+    lens: optics.Lens,
     bin_px: float = 0.25,
 ) -> np.ndarray:
-    """Render the surfaces (far to near) at each focus distance: (S, H, W, 3) linear float32."""
+    """Render the surfaces (far to near) at each focus distance [m] through `lens`: (S, H, W, 3)
+    linear float32."""
     distances = [float(s) for s in focus_distances]
-    gains = [optics.coc_gain_px(s, focal_length, f_number, pixel_size) for s in distances]
+    gains = [lens.gain_px(s) for s in distances]
     bin_width = bin_px / max(gains)  # inverse-depth width of one slab [1/m]
 
     planes: list[np.ndarray] = []  # premultiplied rgb + alpha, one (4, H, W) per slab

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from dfd_ray import focalstack, optics, storage
+from dfd_ray import focalstack, storage
 from dfd_ray.config import ConfigError, require, save_config
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.metrics import COC_KEYS, METRIC_KEYS, SIDE_KEYS, coc_metrics, depth_metrics, mean_metrics, side_metrics
@@ -128,9 +128,9 @@ def run(cfg: EvalConfig) -> dict:
             m = depth_metrics(d, gt, cfg.max_depth)
             single.append(m)
             per_s.setdefault(key, []).append(m)
-            gt_coc = optics.coc_px(gt, float(s), stack.focal_length, stack.f_number, stack.pixel_size)
+            gt_coc = stack.lens.coc_px(gt, float(s))
             coc_per_s.setdefault(key, []).append(coc_metrics(c, gt_coc, gt, cfg.max_depth))
-            gain = optics.coc_gain_px(float(s), float(stack.focal_length), float(stack.f_number), float(stack.pixel_size))
+            gain = stack.lens.gain_px(float(s))
             side_per_s.setdefault(key, []).append(side_metrics(d, c, gt, float(s), gain, depth_range, cfg.max_depth))
         fused.append(depth_metrics(pred["fused"], gt, cfg.max_depth))
         prior = _splat_prior(cfg, stack)

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dfd_ray import storage
+from dfd_ray.optics import Lens
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"dfd_ray.schema_version"
@@ -71,6 +72,10 @@ class FocalStack:
     pixel_size: float
     depth: np.ndarray | None = None
     aif: np.ndarray | None = None
+
+    @property
+    def lens(self) -> Lens:
+        return Lens(self.focal_length, self.f_number, self.pixel_size)
 
     @property
     def height(self) -> int:

@@ -292,11 +292,12 @@ def fuse_scene(group: dict, out: str, model: str) -> dict:
         row["message"] = f"not fused: photo sizes differ ({shapes})"
         return row
     maps = {k: torch.from_numpy(np.stack([m[k] for m in members]).astype(np.float32)) for k in ("coc", "coc_scale", "side_logit")}
-    lens = {k: torch.tensor([float(m[k]) for m in group["members"]]) for k in photos.CAMERA_KEYS}
-    gain = optics.coc_gain_px(lens["focus_distance"], lens["focal_length"], lens["f_number"], lens["pixel_size"])
+    camera = {k: torch.tensor([float(m[k]) for m in group["members"]]) for k in photos.CAMERA_KEYS}
+    focus = camera["focus_distance"]
+    gain = optics.Lens(camera["focal_length"], camera["f_number"], camera["pixel_size"]).gain_px(focus)
     with torch.no_grad():
-        log_lik = (net.coc_log_likelihood(maps["coc"], maps["coc_scale"], lens["focus_distance"], gain)
-                   + net.side_log_likelihood(maps["side_logit"], lens["focus_distance"]))
+        log_lik = (net.coc_log_likelihood(maps["coc"], maps["coc_scale"], focus, gain)
+                   + net.side_log_likelihood(maps["side_logit"], focus))
         fused = net.decode(log_lik.sum(0)).numpy()
     row["depth"] = storage.join(out, SCENES_DIR, f"{group['scene_id']}.depth.png")
     row["preview"] = storage.join(out, SCENES_DIR, f"{group['scene_id']}.preview.png")

@@ -164,6 +164,46 @@ def depth_from_coc_px(
     return depth_from_coc(coc_px_ * pixel_size, focus_distance, focal_length, f_number)
 
 
+@dataclass(frozen=True)
+class Lens:
+    """A thin lens on a sensor: focal length f [m], f-number N and pixel pitch p [m / pixel].
+
+    The one lens type of the project: datasets, importers, the splat camera, inference's camera
+    resolution and the training step all describe their lens with it. Fields are floats, or
+    tensors of one lens per image (broadcasting, as every function of this module).
+    """
+
+    focal_length: Any
+    f_number: Any
+    pixel_size: Any
+
+    def __post_init__(self) -> None:
+        for name in ("focal_length", "f_number", "pixel_size"):
+            _require_positive(name, getattr(self, name))
+
+    @property
+    def aperture(self) -> Any:
+        """A = f / N [m]."""
+        return aperture_diameter(self.focal_length, self.f_number)
+
+    def gain_px(self, focus_distance: Num) -> Num:
+        """G [pixel·metres] at focus distance s: the CoC in pixels is G |1/d - 1/s| (`coc_gain_px`)."""
+        return coc_gain_px(focus_distance, self.focal_length, self.f_number, self.pixel_size)
+
+    def coc_px(self, depth: Num, focus_distance: Num) -> Num:
+        """CoC diameter [px] of a point at `depth` [m] with the lens focused at `focus_distance` [m]."""
+        return coc_px(depth, focus_distance, self.focal_length, self.f_number, self.pixel_size)
+
+    def depths_at_coc_px(self, coc_px_: Num, focus_distance: Num) -> tuple[Num, Num]:
+        """(d_near, d_far) [m] that blur to `coc_px_` pixels (`depth_from_coc_px`)."""
+        return depth_from_coc_px(coc_px_, focus_distance, self.focal_length, self.f_number, self.pixel_size)
+
+    def summary(self) -> dict[str, float]:
+        """The lens in SI units with the units in the keys (run summaries, manifests)."""
+        return {"focal_length_m": float(self.focal_length), "f_number": float(self.f_number),
+                "pixel_size_m": float(self.pixel_size)}
+
+
 @dataclass
 class CameraPreset:
     """A camera of a public dataset: lens, sensor pitch, focal stack and the depth range it sees."""
@@ -179,8 +219,12 @@ class CameraPreset:
     max_depth: float = 3.0
     eval_max_depth: float = 1.5  # evaluation clip used by published work on this camera
 
+    @property
+    def lens(self) -> Lens:
+        return Lens(self.focal_length, self.f_number, self.pixel_size)
+
     def coc_px(self, depth: Num, focus_distance: Num) -> Num:
-        return coc_px(depth, focus_distance, self.focal_length, self.f_number, self.pixel_size)
+        return self.lens.coc_px(depth, focus_distance)
 
 
 PRESETS: dict[str, CameraPreset] = {

@@ -22,10 +22,10 @@ from dfd_ray.filters import gaussian_blur
 
 
 @torch.no_grad()
-def depth_from_relative_blur(images: np.ndarray, focus_distances: np.ndarray, focal_length: float, f_number: float,
-                             pixel_size: float, depth_range: tuple[float, float] | None = None, bins: int = 96,
+def depth_from_relative_blur(images: np.ndarray, focus_distances: np.ndarray, lens: optics.Lens,
+                             depth_range: tuple[float, float] | None = None, bins: int = 96,
                              window_px: float = 1.5, sigma_step_px: float = 0.1) -> np.ndarray:
-    """Depth (H, W) in metres from a focal stack (S, H, W, C) of sRGB in [0, 1] and its lens (metres).
+    """Depth (H, W) in metres from a focal stack (S, H, W, C) of sRGB in [0, 1] and its lens.
 
     `depth_range` defaults to half the nearest to twice the farthest focus distance (as the splat
     fit's); `bins` candidates uniform in inverse depth; Gaussian levels every `sigma_step_px`,
@@ -35,7 +35,7 @@ def depth_from_relative_blur(images: np.ndarray, focus_distances: np.ndarray, fo
     lo, hi = depth_range or (0.5 * focus.min(), 2.0 * focus.max())
     grey = torch.from_numpy(srgb_to_linear(np.ascontiguousarray(images, np.float32))).mean(-1)[:, None]  # (S, 1, H, W)
     u = np.linspace(1.0 / lo, 1.0 / hi, bins)
-    variance = torch.from_numpy(np.stack([optics.coc_px(1.0 / u, s, focal_length, f_number, pixel_size) ** 2 / 16
+    variance = torch.from_numpy(np.stack([lens.coc_px(1.0 / u, s) ** 2 / 16
                                           for s in focus])).float()  # (S, bins) px²
     max_sigma = float(variance.max().sqrt()) + sigma_step_px
     sigmas = np.arange(0.0, max_sigma + sigma_step_px, sigma_step_px)

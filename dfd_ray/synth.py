@@ -184,8 +184,7 @@ def make_scene(cfg: SynthConfig, index: int, split: str) -> FocalStack:
     d_lo, d_hi = cfg.depth_range()
     inv_lo, inv_hi = 1.0 / d_hi, 1.0 / d_lo
     # Shapes must stand clearly in front of what they cover: at least one slab of CoC nearer.
-    gain = max(optics.coc_gain_px(s, preset.focal_length, preset.f_number, preset.pixel_size)
-               for s in preset.focus_distances)
+    gain = max(preset.lens.gain_px(s) for s in preset.focus_distances)
     margin = cfg.bin_px / gain
 
     surfaces: list[defocus.Surface] = []
@@ -206,7 +205,7 @@ def make_scene(cfg: SynthConfig, index: int, split: str) -> FocalStack:
 
     linear = [defocus.Surface(imaging.srgb_to_linear(s.color), s.alpha, s.inv_depth) for s in surfaces]
     stack = defocus.render_focal_stack(
-        linear, preset.focus_distances, preset.focal_length, preset.f_number, preset.pixel_size, cfg.bin_px
+        linear, preset.focus_distances, preset.lens, cfg.bin_px
     )
     if cfg.noise_std > 0:  # shot noise grows with the signal; read noise sets a floor
         sigma = cfg.noise_std * np.sqrt(2.0 * stack + 1e-2)

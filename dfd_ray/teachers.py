@@ -4,7 +4,7 @@ No GT and no all-in-focus image: a scene's teacher depth is its splat fit's dept
 exists (`splats=` a store of `dfd-ray fit`), else the classical stack depth (`stack_depth`: depth
 from focus and relative blur combined; a fraction of a second per 64² stack). Through the thin
 lens the one depth map gives every slice its target CoC, c_t = G_s |1/d - 1/s| px, and its side of
-the focus plane; the training step derives both (`train.teacher_targets`), so the sidecar stores
+the focus plane; the training step derives both (`train_step.teacher_targets`), so the sidecar stores
 one depth map per scene, not one per slice.
 
 Sidecar format (docs/design.md §7): beside the dataset's shards, a folder
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import MISSING
 
-from dfd_ray import focalstack, optics, storage
+from dfd_ray import focalstack, storage
 from dfd_ray.config import ConfigError, require
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.relative_blur import depth_from_relative_blur
@@ -92,9 +92,8 @@ def stack_depth(stack: FocalStack) -> tuple[np.ndarray, np.ndarray]:
     """
     images = stack.images_float()
     dff, dff_conf = depth_from_focus(images, stack.focus_distances)
-    rel = depth_from_relative_blur(images, stack.focus_distances, stack.focal_length, stack.f_number, stack.pixel_size)
-    gain = float(np.mean([optics.coc_gain_px(float(s), stack.focal_length, stack.f_number, stack.pixel_size)
-                          for s in stack.focus_distances]))  # px·m: CoC difference = gain · |Δ(1/d)|
+    rel = depth_from_relative_blur(images, stack.focus_distances, stack.lens)
+    gain = float(np.mean([stack.lens.gain_px(float(s)) for s in stack.focus_distances]))  # px·m: CoC difference = gain · |Δ(1/d)|
     disagreement_px = gain * np.abs(1.0 / dff - 1.0 / rel)
     depth = 2.0 / (1.0 / dff + 1.0 / rel)
     return depth.astype(np.float32), (np.clip(dff_conf, 0, 1) * np.exp(-disagreement_px / AGREEMENT_PX)).astype(np.float32)

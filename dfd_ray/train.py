@@ -1,16 +1,13 @@
 """`dfd-ray train --data URI --out URI`: self-supervised SDNet + DepthNet in a Ray Train group.
 
-The whole step is `training_step` (plain PyTorch plus the renderer pool); `train_loop_per_worker`
-is the function handed to `TorchTrainer`; `run` builds the pool, the dataset and the trainer.
-Checkpoints hold model.pt / model.json (so any checkpoint is a model URI; with `ema_decay` > 0 the
-weights are the moving average of the optimiser's, which are then kept in online.pt), optim.pt,
-state.json (step, metric history) and the training-curve and sample PNGs.
+The Ray side of training: `train_loop_per_worker` is the function handed to `TorchTrainer`, and
+`run` builds the renderer pool (when a term needs it), the dataset and the trainer. The step
+itself is `dfd_ray.train_step.training_step` (plain PyTorch), what a checkpoint holds is
+`dfd_ray.train_state`, and its plots `dfd_ray.train_plots`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import tempfile
 import time
@@ -20,28 +17,16 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from dfd_ray import focalstack, imaging, interrupts, losses, optics, storage, streaming, teachers
+from dfd_ray import focalstack, interrupts, storage, streaming, teachers
 from dfd_ray.config import ConfigError, require, require_choice, save_config
 from dfd_ray.models import DFDModel, ModelConfig, save_model
 from dfd_ray.models.store import load_model, read_meta
 from dfd_ray.ray_session import ensure_ray
-from dfd_ray.services.pool import RemoteRenderLoss, RendererPool
+from dfd_ray.services.pool import RendererPool
 from dfd_ray.services.renderer import RendererPoolConfig
-
-
-@dataclass
-class LossWeights:
-    """Weights of the loss terms; 0 switches a term off (and with render and prior both 0 no
-    renderer pool is started, so no scene needs a splat fit)."""
-
-    teacher_coc: float = 1.0  # SDNet's CoC vs the teacher's through the thin lens (pixels), confidence-weighted
-    teacher_scale: float = 0.1  # Laplace likelihood of SDNet's predicted CoC error scale
-    side: float = 0.2  # the posterior's side of the focus plane vs the teacher's (cross-entropy; trains the side net)
-    lens_coc: float = 0.1  # Siamese: each slice's CoC vs the other slices' depths (pixels)
-    lens_depth: float = 0.05  # Siamese: one scene, one depth (log metres)
-    render: float = 0.0  # slice re-rendered from the scene's splats with the predicted CoC (renderer pool)
-    prior: float = 0.0  # depth pulled to the splat depth where the fit is confident (renderer pool)
-    smooth: float = 0.01  # edge-aware smoothness of log depth and CoC
+from dfd_ray.train_plots import save_plots
+from dfd_ray.train_state import WeightAverage, learning_rate, load_training_state, save_training_state
+from dfd_ray.train_step import LossWeights, training_step
 
 
 @dataclass
@@ -96,219 +81,6 @@ class TrainConfig:
         return self.supervision == "self" and (self.loss.render > 0 or self.loss.prior > 0)
 
 
-# --- the step -----------------------------------------------------------------------------------
-
-SIDE_MIN_COC_PX = 0.5  # below this teacher CoC both sides of the focus plane blur alike: the side is not taught
-
-
-def _flip(maps: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
-    """Apply (or undo: flips are their own inverse) each sample's flips to maps (B, ..., H, W)."""
-    out = maps.clone()
-    for b in range(maps.shape[0]):
-        dims = [d for d, f in zip((-2, -1), flipped[b].tolist()) if f]
-        if dims:
-            out[b] = torch.flip(maps[b], dims)
-    return out
-
-
-def teacher_targets(depth: torch.Tensor, conf: torch.Tensor, focus: torch.Tensor,
-                    lens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A teacher depth map (B, 1, h, w) in metres (0 = none) and its confidence → per slice (B, S, h, w):
-    the target CoC (px, through `optics.coc_px`), the side (1 in front of the focus plane), and the
-    weights of the CoC and side terms."""
-    valid = depth > 0
-    d = torch.where(valid, depth, torch.ones_like(depth))
-    s = focus[:, :, None, None]
-    coc = optics.coc_px(d, s, *(lens[k][:, :, None, None] for k in ("focal_length", "f_number", "pixel_size")))
-    weight = conf * valid.to(conf.dtype)
-    return {"coc": coc, "near": (d < s).to(d.dtype), "weight": weight.expand_as(coc),
-            "side_weight": weight * (coc >= SIDE_MIN_COC_PX).to(coc.dtype)}
-
-
-def model_module(model: torch.nn.Module) -> DFDModel:
-    """The DFDModel inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
-
-
-def training_step(model: torch.nn.Module, batch: dict, cfg: TrainConfig, pool: RendererPool | None,
-                  ) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
-    """One step's loss, its logged terms and the predictions (coc, depth: (B, S, h, w))."""
-    images = batch["images"].float()  # (B, S, 3, h, w) sRGB in [0, 1]
-    b, s, _, h, w = images.shape
-    focus = batch["focus_distances"].float()  # (B, S)
-    lens = {k: batch[k].float()[:, None].expand(b, s) for k in ("focal_length", "f_number", "pixel_size")}
-    gain = optics.coc_gain_px(focus, lens["focal_length"], lens["f_number"], lens["pixel_size"])
-    flat = images.reshape(b * s, 3, h, w)
-    out = model(flat, focus.reshape(-1), *(lens[k].reshape(-1) for k in ("focal_length", "f_number", "pixel_size")))
-    coc, depth = out["coc"].reshape(b, s, h, w), out["depth"].reshape(b, s, h, w)
-
-    if cfg.supervision == "gt":
-        gt = batch["depth"].float()
-        teacher = teacher_targets(gt, (gt > 0).float(), focus, lens)
-    else:
-        teacher = teacher_targets(batch["teacher_depth"].float(), batch["teacher_conf"].float(), focus, lens)
-    terms: dict[str, torch.Tensor] = {}
-    terms["teacher_coc"], terms["teacher_scale"] = losses.coc_teacher(
-        coc, out["coc_scale"].reshape(b, s, h, w), teacher["coc"], teacher["weight"])
-    two_sided = model_module(model).depthnet.has_both_sides(focus.reshape(-1)).reshape(b, s, 1, 1).float()
-    terms["side"] = losses.side_teacher(out["near_logit"].reshape(b, s, h, w), teacher["near"],
-                                        teacher["side_weight"] * two_sided)
-    terms["lens_coc"], terms["lens_depth"] = losses.thin_lens_consistency(coc, depth, focus, gain)
-    terms["smooth"] = (losses.edge_aware_smoothness(torch.log(out["depth"]), flat)
-                       + losses.edge_aware_smoothness(out["coc"] / model_module(model).cfg.max_coc_px, flat))
-
-    service_seconds = 0.0  # time in renderer-service round trips, for the throughput report
-    if pool is not None:
-        scene_ids = streaming.scene_ids(batch)
-        windows = [tuple(int(v) for v in box) for box in batch["crop_box"]]
-        t0 = time.perf_counter()
-        if cfg.loss.prior > 0:
-            priors = pool.priors_batch([{"scene_id": sid, "window": win} for sid, win in zip(scene_ids, windows)])
-            prior_depth = _flip(torch.from_numpy(np.stack([d for d, _ in priors])), batch["flipped"])  # (B, h, w)
-            prior_conf = _flip(torch.from_numpy(np.stack([c for _, c in priors])), batch["flipped"])
-            terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None], cfg.depth_loss)
-        if cfg.loss.render > 0:
-            # The renderer sees the sensor as it is: undo the crop's flips on maps and targets.
-            targets = torch.from_numpy(imaging.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
-            targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
-            terms["render"] = RemoteRenderLoss.apply(
-                _flip(coc, batch["flipped"]).reshape(b * s, h, w), pool,
-                [sid for sid in scene_ids for _ in range(s)], focus.reshape(-1).tolist(),
-                targets.reshape(b * s, h, w, 3), [win for win in windows for _ in range(s)],
-            )
-        service_seconds = time.perf_counter() - t0
-    weights = cfg.loss.__dict__
-    loss = sum(weights[k] * v for k, v in terms.items() if weights[k] > 0)
-    logged = {k: float(v.detach()) for k, v in terms.items()} | {"time_service_s": service_seconds}
-    if batch["has_depth"].any():  # monitoring only; never a training signal in self-supervision
-        gt = batch["depth"].float().expand(b, s, h, w)
-        valid = gt > 0
-        logged["monitor_abs_rel"] = float(((depth.detach() - gt).abs() / gt.clamp_min(1e-6))[valid].mean())
-        gt_coc = teacher_targets(batch["depth"].float(), torch.ones_like(gt[:, :1]), focus, lens)["coc"]
-        logged["monitor_coc_mae_px"] = float((coc.detach() - gt_coc).abs()[valid].mean())
-    return loss, logged, {"coc": coc, "depth": depth}
-
-
-# --- plots ----------------------------------------------------------------------------------------
-
-def _plots(history: list[dict], batch: dict, outputs: dict, folder: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in sorted({k for h in history for k in h if k not in ("step", "seconds", "resumed_from") and not k.startswith("time_")}):
-        ax.plot(steps, [h.get(key, np.nan) for h in history], label=key)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.legend(fontsize=7)
-    ax.set_title("training curves")
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "training_curve.png"), dpi=90)
-    plt.close(fig)
-
-    s = batch["images"].shape[1]
-    rows = min(s, 3)
-    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows), squeeze=False)
-    gt = batch["depth"][0, 0].numpy() if batch["has_depth"][0] else None
-    depth = outputs["depth"][0].detach().numpy()
-    lo, hi = float(np.nanmin(depth)), float(np.nanmax(depth))
-    if gt is not None and (gt > 0).any():
-        lo, hi = min(lo, float(gt[gt > 0].min())), max(hi, float(gt.max()))
-    for r in range(rows):
-        k = r * (s - 1) // max(rows - 1, 1)
-        panels = [(batch["images"][0, k].permute(1, 2, 0).numpy(), f"slice s={float(batch['focus_distances'][0, k]):.2f} m", None),
-                  (outputs["coc"][0, k].detach().numpy(), "predicted CoC [px]", "magma"),
-                  (depth[k], "predicted depth [m]", "viridis"),
-                  (gt, "GT depth [m]" if gt is not None else "no GT depth", "viridis")]
-        for c, (img, title, cmap) in enumerate(panels):
-            ax = axes[r, c]
-            ax.axis("off")
-            ax.set_title(title, fontsize=8)
-            if img is None:
-                continue
-            kw = {"vmin": lo, "vmax": hi} if "depth" in title else {}
-            shown = ax.imshow(np.clip(img, 0, 1) if cmap is None else img, cmap=cmap, **kw)
-            if cmap is not None:
-                fig.colorbar(shown, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "sample_prediction.png"), dpi=90)
-    plt.close(fig)
-
-
-# --- checkpoints ----------------------------------------------------------------------------------
-
-class WeightAverage:
-    """Exponential moving average of a model's weights: what checkpoints serve as the model.
-
-    Meant for the late swings of Adam's weights (held-out AbsRel moved by 0.1-0.2 between reports
-    at a constant rate, docs/benchmarks.md); measured only on a run that never left the
-    predict-a-constant plateau, where it made no difference (docs/benchmarks.md). The decay
-    warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a short run is not served its
-    initial weights.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.updates = decay, 0
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
-        for served, online in zip(self.model.buffers(), model.buffers()):  # batch-norm statistics: the latest
-            served.copy_(online)
-
-
-ONLINE_WEIGHTS = "online.pt"  # the optimiser's own weights, where model.pt holds the served average
-
-
-def save_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Optimizer, step: int,
-                        history: list[dict], supervision: str, average: WeightAverage | None = None) -> None:
-    """model.pt + model.json (a loadable model: the weight average where there is one, with the
-    optimiser's weights in online.pt beside it), optim.pt and state.json into `folder`."""
-    served = average.model if average is not None else model
-    save_model(served, folder, {"trained_steps": step, "supervision": supervision,
-                                "weights": "ema" if average is not None else "online"})
-    if average is not None:
-        torch.save(model.state_dict(), os.path.join(folder, ONLINE_WEIGHTS))
-    torch.save(optimiser.state_dict(), os.path.join(folder, "optim.pt"))
-    with open(os.path.join(folder, "state.json"), "w") as f:
-        json.dump({"step": step, "history": history,
-                   "ema_updates": average.updates if average is not None else 0}, f)
-
-
-def load_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Optimizer,
-                        average: WeightAverage | None = None) -> tuple[int, list[dict]]:
-    """Restore model, optimiser and weight average in place (weights_only loads); returns (step, history).
-
-    A checkpoint without online.pt (written without weight averaging) holds the optimiser's
-    weights in model.pt; an average switched on at resume starts from them.
-    """
-    online = os.path.join(folder, ONLINE_WEIGHTS)
-    served = torch.load(os.path.join(folder, "model.pt"), weights_only=True)
-    model.load_state_dict(torch.load(online, weights_only=True) if os.path.exists(online) else served)
-    optimiser.load_state_dict(torch.load(os.path.join(folder, "optim.pt"), weights_only=True))
-    with open(os.path.join(folder, "state.json")) as f:
-        state = json.load(f)
-    if average is not None:
-        average.model.load_state_dict(served)
-        average.updates = int(state.get("ema_updates", 0))
-    return state["step"], state["history"]
-
-
-def learning_rate(cfg: TrainConfig, steps_done: int) -> float:
-    """The rate of the step after `steps_done` steps: lr, times lr_decay for each of lr_decay_at passed.
-
-    A function of the step, set before every update, so that a resumed or extended run follows the
-    schedule of its config; the rate stored in a checkpoint's optimiser state is not used.
-    """
-    return cfg.lr * cfg.lr_decay ** sum(steps_done >= s for s in cfg.lr_decay_at)
-
-
 # --- the worker loop ------------------------------------------------------------------------------
 
 def train_loop_per_worker(config: dict) -> None:
@@ -342,13 +114,14 @@ def train_loop_per_worker(config: dict) -> None:
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True):
             batches += 1
             t0 = time.perf_counter()
-            loss, logged, outputs = training_step(ddp_model, batch, cfg, pool)
+            loss, logged, outputs = training_step(ddp_model, batch, cfg.loss, supervision=cfg.supervision,
+                                                   depth_loss=cfg.depth_loss, renderer=pool)
             if not torch.isfinite(loss):  # stop before a bad step reaches the weights and the checkpoints
                 raise FloatingPointError(f"worker {rank}, step {step + 1}: the loss is {float(loss)}; terms {logged}")
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             for group in optimiser.param_groups:
-                group["lr"] = learning_rate(cfg, step)
+                group["lr"] = learning_rate(cfg.lr, cfg.lr_decay_at, cfg.lr_decay, step)
             optimiser.step()
             if average is not None:
                 average.update(model)
@@ -368,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
                 with tempfile.TemporaryDirectory() as folder:
                     if rank == 0:
                         save_training_state(folder, model, optimiser, step, history, cfg.supervision, average)
-                        _plots(history, batch, outputs, folder)
+                        save_plots(history, batch, outputs, folder)
                     ckpt = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
                     ray.train.report(metrics, checkpoint=ckpt)
             else:

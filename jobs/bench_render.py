@@ -30,7 +30,7 @@ FOD = optics.get_preset("fod500")
 
 
 def scene(n: int, size: int, device: str) -> SceneSplats:
-    cam = Camera(size, size, FOD.focal_length, FOD.f_number, FOD.pixel_size)
+    cam = Camera.from_lens(FOD.lens, size, size)
     g = torch.Generator().manual_seed(0)
     z = 0.1 + 0.5 * torch.rand(n, generator=g)
     u, v = torch.rand(n, generator=g) * size, torch.rand(n, generator=g) * size

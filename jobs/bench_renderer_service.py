@@ -33,7 +33,7 @@ FOD = optics.get_preset("fod500")
 
 
 def fitted_like_scene(size: int, seed: int) -> SceneSplats:
-    cam = Camera(size, size, FOD.focal_length, FOD.f_number, FOD.pixel_size)
+    cam = Camera.from_lens(FOD.lens, size, size)
     g = torch.Generator().manual_seed(seed)
     v, u = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
     z = 0.1 + 0.5 * torch.rand(size * size, generator=g)

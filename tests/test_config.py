@@ -57,3 +57,32 @@ def test_cli_config_error_fails_before_any_work(tmp_path, capsys):
     assert cli.main(["synth", "--out", str(out), "n_scenes=-3"]) == 2
     assert "config error" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _named_experiments():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    return sorted(root.glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", _named_experiments(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_named_experiment_config_loads_for_its_command(path):
+    """configs/<command>/<name>.yaml: every key exists in that command's config and holds a valid value."""
+    import dataclasses
+    import importlib
+
+    from omegaconf import MISSING, OmegaConf
+
+    command = cli.COMMANDS[path.parent.name]
+    schema = getattr(importlib.import_module(command.module), command.config_class)
+    required = [f"{f.name}=x" for f in dataclasses.fields(schema) if f.default is MISSING]
+    cfg = load_config(schema, required, yaml_uri=str(path))
+    layer = OmegaConf.to_container(OmegaConf.load(path))
+    assert layer, f"{path} sets nothing"
+    for key, value in layer.items():
+        held = getattr(cfg, key)
+        if isinstance(value, dict):
+            assert all(getattr(held, k) == v for k, v in value.items()), (key, value)
+        else:
+            assert held == value, (key, held, value)

@@ -258,7 +258,7 @@ def test_interrupted_run_resumes_without_rewriting(ray_session, model_uri, tmp_p
     n = 16
     for i in range(n):
         (src / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_texture(192, 192, i)).save(src / f"d{i % 2}/p{i:02d}.png")
+        Image.fromarray(_texture(128, 128, i)).save(src / f"d{i % 2}/p{i:02d}.png")
     camera = ["camera.focus_distance=0.5", "camera.focal_length=0.0029", "camera.f_number=1", "camera.pixel_size=1.2e-5"]
     args = ["infer", "--model", model_uri, "--input", str(src), "--out", str(out), "batch_size=1", "io_batch=1", "tile=32",
             "overlap=8", *camera]

@@ -167,3 +167,38 @@ def test_side_metrics_inverse_is_the_optics_inverse():
     out = side_metrics(gt, coc, gt, s, optics.coc_gain_px(s, F, N, p), (0.1, 3.0))
     assert out["abs_rel_true_side"] == pytest.approx(0.0, abs=1e-5)
     assert out["abs_rel_true_coc"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_lens_is_the_thin_lens_of_this_module_for_floats_and_tensors():
+    lens = optics.Lens(F, N, PITCH)
+    depths, s = np.array([0.12, 0.3, 0.9, 2.5]), 0.3
+    assert lens.aperture == pytest.approx(F / N, rel=1e-15)
+    assert lens.gain_px(s) == optics.coc_gain_px(s, F, N, PITCH)
+    np.testing.assert_array_equal(lens.coc_px(depths, s), optics.coc_px(depths, s, F, N, PITCH))
+    near, far = lens.depths_at_coc_px(lens.coc_px(depths, s), s)
+    np.testing.assert_allclose(np.where(depths < s, near, far), depths, rtol=1e-10)
+    per_image = optics.Lens(torch.tensor([F, F]), torch.tensor([N, 2 * N]), torch.tensor([PITCH, PITCH]))
+    gains = per_image.gain_px(torch.tensor([s, s]))
+    assert gains.tolist() == pytest.approx([lens.gain_px(s), lens.gain_px(s) / 2], rel=1e-6)
+    assert lens.summary() == {"focal_length_m": F, "f_number": N, "pixel_size_m": PITCH}
+
+
+@pytest.mark.parametrize("field", ["focal_length", "f_number", "pixel_size"])
+def test_a_lens_with_a_non_positive_value_names_it(field):
+    values = {"focal_length": F, "f_number": N, "pixel_size": PITCH, field: 0.0}
+    with pytest.raises(optics.OpticsError, match=field):
+        optics.Lens(**values)
+
+
+def test_every_lens_holder_hands_out_the_same_lens():
+    from dfd_ray.focalstack import FocalStack
+    from dfd_ray.importers.fod500 import Fod500ImportConfig
+    from dfd_ray.splat.scene import Camera
+
+    preset = optics.get_preset("fod500")
+    stack = FocalStack("a", np.zeros((1, 4, 6, 3), np.uint8), np.array([0.3]), preset.focal_length, preset.f_number,
+                       preset.pixel_size)
+    imported = Fod500ImportConfig(src="s", out="o").camera()
+    holders = [preset.lens, stack.lens, imported.lens, Camera.from_stack(stack).lens]
+    assert all(h == holders[0] for h in holders)
+    assert Camera.from_stack(stack).width == 6 and Camera.from_lens(preset.lens, 6, 4) == Camera.from_stack(stack)

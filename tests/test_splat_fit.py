@@ -26,7 +26,7 @@ def two_plane_stack(h=40, w=40, d_bg=0.6, d_fg=0.2, seed=0) -> FocalStack:
     alpha = np.zeros((h, w), np.float32)
     alpha[h // 4: 3 * h // 4, w // 5: 3 * w // 5] = 1
     fg = defocus.Surface(imaging.srgb_to_linear(synth.texture(rng, h, w, textured_everywhere=True)), alpha, np.full((h, w), 1 / d_fg, np.float32))
-    slices = defocus.render_focal_stack([bg, fg], FOD.focus_distances, FOD.focal_length, FOD.f_number, FOD.pixel_size)
+    slices = defocus.render_focal_stack([bg, fg], FOD.focus_distances, FOD.lens)
     images = np.clip(np.round(imaging.linear_to_srgb(slices) * 255), 0, 255).astype(np.uint8)
     depth = np.where(alpha >= 0.5, d_fg, d_bg).astype(np.float32)
     return FocalStack("two-plane", images, np.array(FOD.focus_distances, np.float32),
@@ -63,7 +63,7 @@ def test_depth_from_focus_on_planes_at_the_focus_distances():
     for s in FOD.focus_distances[1:-1]:
         surf = defocus.Surface(imaging.srgb_to_linear(synth.texture(rng, h, w, textured_everywhere=True)), np.ones((h, w), np.float32),
                                np.full((h, w), 1 / s, np.float32))
-        slices = defocus.render_focal_stack([surf], FOD.focus_distances, FOD.focal_length, FOD.f_number, FOD.pixel_size)
+        slices = defocus.render_focal_stack([surf], FOD.focus_distances, FOD.lens)
         depth, confidence = depth_from_focus(imaging.linear_to_srgb(slices), np.array(FOD.focus_distances))
         assert np.median(depth) == pytest.approx(s, rel=0.07)
         assert np.median(confidence) > 0.3

@@ -80,8 +80,7 @@ def _point_scene(h, w, inv_depth):
 
 def test_point_in_focus_stays_sharp_and_off_focus_spreads_as_predicted():
     depth = 0.3
-    out = defocus.render_focal_stack(_point_scene(41, 41, 1 / depth), FOD.focus_distances,
-                                     FOD.focal_length, FOD.f_number, FOD.pixel_size)
+    out = defocus.render_focal_stack(_point_scene(41, 41, 1 / depth), FOD.focus_distances, FOD.lens)
     psf = (out[..., 0] - 0.5) / 0.5
     in_focus = FOD.focus_distances.index(0.3)
     assert psf[in_focus, 20, 20] == pytest.approx(1.0, abs=1e-5)
@@ -118,7 +117,7 @@ def test_occluding_edge_blurs_over_the_background():
     alpha = np.zeros((h, w), np.float32)
     alpha[12:36, 12:36] = 1
     fg = defocus.Surface(np.ones((h, w, 3), np.float32), alpha, np.full((h, w), near, np.float32))
-    out = defocus.render_focal_stack([bg, fg], [0.1, 1.5], FOD.focal_length, FOD.f_number, FOD.pixel_size)
+    out = defocus.render_focal_stack([bg, fg], [0.1, 1.5], FOD.lens)
     outside = out[:, 24, 37, 0]  # one pixel outside the square's right edge, on the background
     assert outside[0] == pytest.approx(0.0, abs=1e-6)  # focused on the square: crisp edge
     assert outside[1] > 0.1  # focused on the background: the blurred square covers it

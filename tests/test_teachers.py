@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfd_ray import depth_from_focus, focalstack, streaming, synth, teachers, train
+from dfd_ray import depth_from_focus, focalstack, optics, streaming, synth, teachers, train_step
 from dfd_ray.config import load_config
 from dfd_ray.optics import coc_gain_px
 from dfd_ray.relative_blur import depth_from_relative_blur
@@ -26,8 +26,7 @@ def test_targets_are_the_thin_lens_coc_of_the_teacher_depth():
     depth = torch.tensor([[[[0.5, 0.2], [0.0, 3.0]]]])  # (B=1, 1, 2, 2) metres; 0 = no teacher there
     conf = torch.tensor([[[[1.0, 0.5], [1.0, 0.25]]]])
     focus = torch.tensor([[0.1, 0.3, 1.5]])
-    lens = {k: torch.full((1, 3), v) for k, v in (("focal_length", F), ("f_number", N), ("pixel_size", P))}
-    t = train.teacher_targets(depth, conf, focus, lens)
+    t = train_step.teacher_targets(depth, conf, focus, optics.Lens(F, N, P).gain_px(focus))
     aperture = F / N
     for i, s in enumerate((0.1, 0.3, 1.5)):
         for (r, c), d in {(0, 0): 0.5, (0, 1): 0.2, (1, 1): 3.0}.items():
@@ -118,7 +117,7 @@ def test_stack_teacher_finds_fronto_parallel_planes_and_trusts_agreement(tmp_pat
         # The teacher is the two classical depths' mean in inverse depth, trusted where they agree.
         images = stack.images_float()
         dff, dff_conf = depth_from_focus.depth_from_focus(images, stack.focus_distances)
-        rel = depth_from_relative_blur(images, stack.focus_distances, stack.focal_length, stack.f_number, stack.pixel_size)
+        rel = depth_from_relative_blur(images, stack.focus_distances, stack.lens)
         assert np.allclose(depth, 2 / (1 / dff + 1 / rel), rtol=1e-5)
         gain = coc_gain_px(float(stack.focus_distances[0]), F, N, P)
         apart = gain * np.abs(1 / dff - 1 / rel) > 1.0

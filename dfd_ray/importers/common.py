@@ -53,23 +53,16 @@ class ImportConfig:
 
 @dataclass
 class Camera:
-    """Lens and sensor of an imported dataset. Lengths in metres, pixel_size in metres per pixel."""
+    """Lens, focal stack and depth range of an imported dataset (metres)."""
 
-    focal_length: float
-    f_number: float
-    pixel_size: float
+    lens: optics.Lens
     focus_distances: tuple[float, ...]
     min_depth: float  # metres; the depth range the preset's camera is meant for
     max_depth: float
 
     def summary(self) -> dict:
         """The lens as imported, for run summaries (the saved config holds only the overrides)."""
-        return {
-            "focal_length_m": self.focal_length,
-            "f_number": self.f_number,
-            "pixel_size_m": self.pixel_size,
-            "focus_distances_m": list(self.focus_distances),
-        }
+        return {**self.lens.summary(), "focus_distances_m": list(self.focus_distances)}
 
     def stack(self, scene_id: str, images: np.ndarray, depth: np.ndarray | None, aif: np.ndarray | None) -> FocalStack:
         """A focal stack seen through this camera, slice i focused at focus_distances[i]."""
@@ -77,9 +70,9 @@ class Camera:
             scene_id=scene_id,
             images=images,
             focus_distances=np.asarray(self.focus_distances, dtype=np.float32),
-            focal_length=self.focal_length,
-            f_number=self.f_number,
-            pixel_size=self.pixel_size,
+            focal_length=self.lens.focal_length,
+            f_number=self.lens.f_number,
+            pixel_size=self.lens.pixel_size,
             depth=depth,
             aif=aif,
         )
@@ -115,9 +108,9 @@ class PresetImportConfig(ImportConfig):
         camera = self.camera()
         # Checked here, not at import time, so a bad override fails before any file is touched.
         require(
-            min(camera.focus_distances) > camera.focal_length,
+            min(camera.focus_distances) > camera.lens.focal_length,
             "focus_distances",
-            f"every focus distance must exceed the focal length {camera.focal_length} m "
+            f"every focus distance must exceed the focal length {camera.lens.focal_length} m "
             f"(a lens cannot focus closer than f), got {list(camera.focus_distances)}",
         )
 
@@ -125,9 +118,8 @@ class PresetImportConfig(ImportConfig):
         """The preset's camera with this config's overrides applied."""
         preset = optics.get_preset(self.PRESET)
         return Camera(
-            focal_length=float(self.focal_length if self.focal_length is not None else preset.focal_length),
-            f_number=float(self.f_number if self.f_number is not None else preset.f_number),
-            pixel_size=float(self.pixel_size if self.pixel_size is not None else preset.pixel_size),
+            lens=optics.Lens(*(float(getattr(self, k) if getattr(self, k) is not None else getattr(preset, k))
+                               for k in ("focal_length", "f_number", "pixel_size"))),
             focus_distances=tuple(float(s) for s in (self.focus_distances or preset.focus_distances)),
             min_depth=preset.min_depth,
             max_depth=preset.max_depth,

@@ -36,7 +36,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from dfd_ray import defocus, imaging, optics, storage
+from dfd_ray import defocus, imaging, storage
 from dfd_ray.config import require
 from dfd_ray.focalstack import DatasetError, FocalStack, to_float
 from dfd_ray.importers.common import (
@@ -165,7 +165,7 @@ def render_stack(rgb: np.ndarray, depth_m: np.ndarray, camera: Camera, layer_coc
     for focus in camera.focus_distances:
         # The same slab width and floor() that render_focal_stack uses internally for one focus
         # distance, so every Surface here is exactly one of its slabs (one blur per slab).
-        gain = optics.coc_gain_px(focus, camera.focal_length, camera.f_number, camera.pixel_size)
+        gain = camera.lens.gain_px(focus)
         slab = np.floor(inv_depth / (layer_coc_px / gain)).astype(np.int64)
         surfaces = [  # ascending inverse depth = far to near, the order render_focal_stack composites
             defocus.Surface(linear, (slab == b).astype(np.float32), inv_depth) for b in np.unique(slab)
@@ -173,7 +173,7 @@ def render_stack(rgb: np.ndarray, depth_m: np.ndarray, camera: Camera, layer_coc
         # One call per slice: the blur kernels of a call are padded to its largest CoC, and the
         # largest CoC differs a lot between the near and far focus settings.
         rendered = defocus.render_focal_stack(
-            surfaces, [focus], camera.focal_length, camera.f_number, camera.pixel_size, bin_px=layer_coc_px
+            surfaces, [focus], camera.lens, bin_px=layer_coc_px
         )
         slices.append(rendered[0])
     srgb = imaging.linear_to_srgb(np.stack(slices))

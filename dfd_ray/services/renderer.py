@@ -174,6 +174,7 @@ class RendererCore:
         one batched render. Any bad request fails the call with its index."""
         return self._timed(self._loss_and_grad_batch, requests)
 
+    @torch.enable_grad()  # also where the caller runs without grad (an autograd Function's forward in-process)
     def _loss_and_grad_batch(self, requests: list[dict]) -> list[tuple[float, np.ndarray]]:
         prepared = []
         for i, request in enumerate(requests):

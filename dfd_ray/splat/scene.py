@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from dfd_ray import storage
+from dfd_ray import optics, storage
 
 SPLAT_FORMAT_VERSION = 2
 
@@ -59,9 +59,13 @@ class Camera:
         return self.fx
 
     @property
+    def lens(self) -> optics.Lens:
+        return optics.Lens(self.focal_length, self.f_number, self.pixel_size)
+
+    @property
     def aperture(self) -> float:
         """Aperture diameter A = f / N, metres."""
-        return self.focal_length / self.f_number
+        return self.lens.aperture
 
     def crop(self, top: int, left: int, height: int, width: int) -> Camera:
         """The camera of the window [top, top + height) × [left, left + width) of this one."""
@@ -73,8 +77,13 @@ class Camera:
                        origin_x=self.origin_x + left, origin_y=self.origin_y + top)
 
     @classmethod
+    def from_lens(cls, lens: optics.Lens, width: int, height: int) -> Camera:
+        """The whole sensor of `width` x `height` pixels behind `lens`, principal point at its centre."""
+        return cls(width, height, float(lens.focal_length), float(lens.f_number), float(lens.pixel_size))
+
+    @classmethod
     def from_stack(cls, stack) -> Camera:
-        return cls(stack.width, stack.height, stack.focal_length, stack.f_number, stack.pixel_size)
+        return cls.from_lens(stack.lens, stack.width, stack.height)
 
 
 @dataclass

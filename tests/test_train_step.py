@@ -1,0 +1,51 @@
+"""The training step without Ray: each loss term, the renderer's two among them through an
+in-process `RendererCore`, falls when trained alone on samples cut as the Ray pipeline cuts them."""
+
+import numpy as np
+import pytest
+import torch
+
+from dfd_ray import focalstack, streaming, synth, teachers
+from dfd_ray.config import load_config
+from dfd_ray.models import DFDModel, ModelConfig
+from dfd_ray.services.renderer import RendererCore, RendererPoolConfig
+from dfd_ray.splat.fit import FitConfig
+from dfd_ray.train_step import LossWeights, training_step
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("step-data")
+    synth.run(load_config(synth.SynthConfig, [f"out={root}", "n_scenes=2", "n_test=0", "height=32", "width=32", "seed=3"]))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def renderer(data, tmp_path_factory):
+    """The body of a renderer actor in this process; it fits the two scenes on first use."""
+    threads = torch.get_num_threads()  # a core sets its process's torch threads from num_cpus
+    yield RendererCore(RendererPoolConfig(splat_store=str(tmp_path_factory.mktemp("splats")), data=data,
+                                          num_cpus=threads, fit=FitConfig(steps=20, warmup_steps=5)))
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("term", list(LossWeights.__dataclass_fields__))
+def test_each_term_of_the_step_falls_when_trained_alone(data, renderer, term):
+    stacks = list(focalstack.read_stacks(f"{data}/train"))
+    samples = [streaming.make_sample(st, 32, np.random.default_rng(i), teacher=teachers.stack_depth(st))
+               for i, st in enumerate(stacks)]
+    batch = {k: torch.from_numpy(v) for k, v in streaming.stack_samples(samples).items()}
+    weights = LossWeights(**{k: float(k == term) for k in LossWeights.__dataclass_fields__})
+    torch.manual_seed(0)
+    model = DFDModel(ModelConfig(widths=(8, 16), side_widths=(8, 16)))
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    values = []
+    for _ in range(12):
+        loss, logged, _ = training_step(model, batch, weights, renderer=renderer if term in ("render", "prior") else None)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        values.append(logged[term])
+    assert values[-1] < values[0], (term, values)
+    if term in ("render", "prior"):
+        assert renderer.stats()["requests"] > 0
