@@ -154,6 +154,7 @@ def test_job_runs_uploaded_code_on_the_venv_python(dev_cluster):
     assert values["S3"] == dev_cluster.s3, "jobs must see the dev cluster's S3 endpoint"
 
 
+@pytest.mark.slow  # a submitted job runs the project's code: the test above; fit itself: test_splat_fit
 def test_make_dataset_then_fit_as_jobs(dev_cluster, tmp_path):
     import boto3
 

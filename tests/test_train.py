@@ -90,6 +90,7 @@ def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_se
     assert "| fused through the lens (whole stack) |" in table and "| fused through the lens + splat fit |" in table
 
 
+@pytest.mark.slow  # the gt step is tested without Ray (test_train_step), a bad init in the test below
 def test_gt_supervision_needs_no_teachers_or_renderer_and_init_starts_from_a_model(ray_session, tmp_path):
     data = tmp_path / "data"
     synth.run(load_config(synth.SynthConfig, [f"out={data}", "n_scenes=2", "n_test=0", "height=32", "width=32", "seed=4"]))
