@@ -114,27 +114,30 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def image_pixels(pil: Image.Image) -> np.ndarray:
+    """A loaded Pillow image → (H, W, 3) uint8 as stored, or uint16 for 16-bit (and 32-bit integer,
+    clipped) grey; grey is replicated, alpha and palettes resolve to RGB. The one pixel decoder of
+    dataset slices, imported images and photos."""
+    if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(pil)
+        grey = np.clip(grey, 0, 65535).astype(np.uint16) if pil.mode == "I" else grey.astype(np.uint16)
+        return np.repeat(grey[..., None], 3, axis=2)
+    arr = np.asarray(pil if pil.mode in ("RGB", "L") else pil.convert("RGB"))
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    """Decode PNG (or any Pillow format) bytes to (H, W, 3) uint8 or uint16; grey is replicated."""
+    """Decode PNG (or any Pillow format) bytes to (H, W, 3) uint8 or uint16 (`image_pixels`)."""
     if not data:
         raise DatasetError("empty image bytes")
     try:
         with Image.open(io.BytesIO(data)) as pil:
             pil.load()
-            mode = pil.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(pil).astype(np.uint16) if mode != "I" else np.clip(np.asarray(pil), 0, 65535).astype(np.uint16)
-                return np.repeat(arr[..., None], 3, axis=2)
-            if mode not in ("RGB", "L"):
-                pil = pil.convert("RGB")
-            arr = np.asarray(pil)
-    except DatasetError:
-        raise
+            return image_pixels(pil)
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise DatasetError(f"undecodable image: {exc}") from None
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    return np.ascontiguousarray(arr)
 
 
 # --- rows -----------------------------------------------------------------------------------

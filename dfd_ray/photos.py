@@ -7,16 +7,13 @@ Units are SI as everywhere in dfd-ray: focus distance, focal length and pixel pi
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from PIL import Image
 
-from dfd_ray import storage
+from dfd_ray import manifest, storage
+from dfd_ray.focalstack import image_pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 CAMERA_KEYS = ("focus_distance", "focal_length", "f_number", "pixel_size")
@@ -56,12 +53,9 @@ def decode_photo(data: bytes) -> tuple[np.ndarray, dict[str, float]]:
             camera = exif_camera(pil)
         except Exception:  # a damaged EXIF block costs the EXIF values, not the photo
             camera = {}
-        if pil.mode in _MODES_16BIT:
-            grey = np.asarray(pil).astype(np.uint16)
-            image = np.repeat(grey[..., None], 3, axis=2)
-        else:
-            image = np.asarray(pil.convert("RGB")).astype(np.uint16) * 257  # 255 → 65535 exactly
-    return np.ascontiguousarray(image), camera
+        pixels = image_pixels(pil)
+    image = pixels if pixels.dtype == np.uint16 else pixels.astype(np.uint16) * 257  # 255 → 65535 exactly
+    return image, camera
 
 
 def exif_camera(pil: Image.Image) -> dict[str, float]:
@@ -128,39 +122,22 @@ def resolve_camera(manifest: dict | None, exif: dict, defaults: dict) -> tuple[d
 # --- the camera manifest --------------------------------------------------------------------
 
 def read_camera_manifest(uri: str, input_prefix: str) -> dict[str, dict]:
-    """Rows of a CSV, JSON-lines or Parquet manifest, keyed by the photo's key under `input_prefix`.
+    """Rows of a CSV, JSON-lines, JSON or Parquet manifest (`dfd_ray.manifest`), keyed by the
+    photo's key under `input_prefix`.
 
     Columns: `path` (a key relative to the input prefix, or a full URI under it), any of
     focus_distance, focal_length, f_number, pixel_size (metres; empty = not given) and an optional
     `scene_id` grouping photos of one scene for fusion. Raises ValueError naming the manifest and
-    the row or column at fault.
+    the line or column at fault.
     """
-    data = storage.read_bytes(uri)
-    name = uri.lower()
-    try:
-        if name.endswith(".csv"):
-            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
-                column_types={"path": pa.string(), "scene_id": pa.string(), **{k: pa.float64() for k in CAMERA_KEYS}}))
-        elif name.endswith((".jsonl", ".json")):
-            text = data.decode()
-            rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-            table = pa.Table.from_pylist(rows)
-        elif name.endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(data))
-        else:
-            raise ValueError("manifest must end in .csv, .jsonl, .json or .parquet")
-    except (pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"manifest {uri}: cannot be parsed ({exc})") from None
-    if "path" not in table.column_names:
-        raise ValueError(f"manifest {uri}: no 'path' column (columns: {', '.join(table.column_names)})")
-    unknown = set(table.column_names) - {"path", "scene_id", *CAMERA_KEYS}
-    if unknown:
-        raise ValueError(f"manifest {uri}: unknown column(s) {', '.join(sorted(unknown))}; "
-                         f"valid: path, scene_id, {', '.join(CAMERA_KEYS)}")
+    rows, problems = manifest.read_rows(uri, ("path", "scene_id", *CAMERA_KEYS), required=("path",))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"manifest {uri}: {problems[0]}{more}")
     out: dict[str, dict] = {}
-    for i, row in enumerate(table.to_pylist(), start=1):
+    for where, row in rows:
         if not row.get("path"):
-            raise ValueError(f"manifest {uri} row {i}: empty path")
+            raise ValueError(f"manifest {uri}: {where}: empty path")
         entry: dict = {"scene_id": str(row["scene_id"]) if row.get("scene_id") not in (None, "") else ""}
         for key in CAMERA_KEYS:
             value = row.get(key)
@@ -169,14 +146,14 @@ def read_camera_manifest(uri: str, input_prefix: str) -> dict[str, dict]:
             try:
                 value = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"manifest {uri} row {i}: {key} {value!r} is not a number") from None
+                raise ValueError(f"manifest {uri}: {where}: {key} {value!r} is not a number") from None
             if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"manifest {uri} row {i}: {key} must be a positive number of metres "
+                raise ValueError(f"manifest {uri}: {where}: {key} must be a positive number of metres "
                                  f"(or the f-number), got {value!r}")
             entry[key] = value
         key = photo_key(str(row["path"]), input_prefix)
         if key in out:
-            raise ValueError(f"manifest {uri} row {i}: {row['path']} listed twice")
+            raise ValueError(f"manifest {uri}: {where}: {row['path']} listed twice")
         out[key] = entry
     return out
 

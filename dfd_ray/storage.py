@@ -260,6 +260,21 @@ def list_tree(uri: str) -> list[str]:
     return [as_uri(p, uri) for p in found]
 
 
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return retrying(uri, lambda: fs.isdir(path))
+
+
+def list_dir(uri: str) -> list[str]:
+    """Full URIs of the files directly in the folder `uri` (not in its subfolders), sorted; hidden
+    files (a leading '.') are skipped."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache()
+    entries = retrying(uri, lambda: fs.ls(path, detail=True))
+    return sorted(as_uri(e["name"], uri) for e in entries
+                  if e.get("type") != "directory" and not posixpath.basename(e["name"].rstrip("/")).startswith("."))
+
+
 def list_files(uri: str, pattern: str) -> list[str]:
     """Full URIs of files directly under `uri` whose names match the glob `pattern`, sorted."""
     fs, path = filesystem(uri)

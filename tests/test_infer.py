@@ -121,7 +121,7 @@ def test_manifest_formats_agree_and_bad_rows_are_named(tmp_path):
     for name in ("m.jsonl", "m.parquet", "m.csv"):
         assert photos.read_camera_manifest(str(tmp_path / name), f"{tmp_path}/in") == expected, name
     (tmp_path / "bad.csv").write_text("path,focus_distance\na.png,0.5\nb.png,-1\n")
-    with pytest.raises(ValueError, match=r"bad.csv row 2: focus_distance must be a positive"):
+    with pytest.raises(ValueError, match=r"bad.csv line 3: focus_distance must be a positive"):
         photos.read_camera_manifest(str(tmp_path / "bad.csv"), str(tmp_path))
     (tmp_path / "cols.csv").write_text("path,focus\na.png,0.5\n")
     with pytest.raises(ValueError, match="unknown column.*focus"):

@@ -13,7 +13,7 @@ from dfd_ray.focalstack import write_stacks
 from dfd_ray.services.pool import RemoteRenderLoss, RendererPool
 from dfd_ray.services.renderer import RendererPoolConfig
 from dfd_ray.splat import load_splats, render, save_splats
-from tests.test_splat_render import CAM, random_splats
+from tests.splat_helpers import CAM, random_splats
 
 SCENES = ["scene-a", "scene-b", "scene-c"]
 

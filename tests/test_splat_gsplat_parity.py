@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dfd_ray.splat import render
-from tests.test_splat_render import random_splats
+from tests.splat_helpers import random_splats
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 gsplat = pytest.importorskip("gsplat") if torch.cuda.is_available() else None

@@ -137,25 +137,6 @@ def require_exists(uri: str, what: str) -> None:
         raise DatasetError(f"{what} {uri} does not exist")
 
 
-def is_dir(uri: str) -> bool:
-    fs, path = storage.filesystem(uri)
-    return fs.isdir(path)
-
-
-def list_dir(uri: str) -> list[str]:
-    """Full URIs of the files directly in the folder `uri`, sorted; hidden files are skipped."""
-    fs, path = storage.filesystem(uri)
-    fs.invalidate_cache()
-    found = []
-    for entry in fs.ls(path, detail=True):
-        name = entry["name"]
-        if entry.get("type") == "directory" or posixpath.basename(name.rstrip("/")).startswith("."):
-            continue
-        found.append(name)
-    protocol = uri.split("://", 1)[0] + "://" if "://" in uri and not uri.startswith("file://") else ""
-    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in found)
-
-
 def read_source(uri: str) -> bytes:
     """The bytes of one source file; a missing or unreadable file is a DatasetError naming it."""
     try:

@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from dfd_ray import storage
 from dfd_ray.config import require
 from dfd_ray.focalstack import DatasetError, FocalStack
 from dfd_ray.importers.common import (
@@ -29,8 +30,6 @@ from dfd_ray.importers.common import (
     PresetImportConfig,
     basename,
     decode_exr_depth,
-    is_dir,
-    list_dir,
     problems_error,
     read_image,
     read_source,
@@ -70,11 +69,11 @@ class Fod500Scene:
 def scan(src: str, n_slices: int) -> list[Fod500Scene]:
     """Every scene of a FoD500 folder, by index; one DatasetError listing every layout problem."""
     require_exists(src, "FoD500 source folder")
-    if not is_dir(src):
+    if not storage.is_dir(src):
         raise DatasetError(f"FoD500 source {src} is not a folder")
     groups: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     problems: list[str] = []
-    for uri in list_dir(src):
+    for uri in storage.list_dir(src):
         name = basename(uri)
         kind = next((s for s in (SLICE_SUFFIX, DEPTH_SUFFIX, AIF_SUFFIX) if name.endswith(s)), None)
         if kind is None:

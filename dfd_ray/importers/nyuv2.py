@@ -43,8 +43,6 @@ from dfd_ray.importers.common import (
     Camera,
     PresetImportConfig,
     basename,
-    is_dir,
-    list_dir,
     problems_error,
     read_depth,
     read_image,
@@ -90,10 +88,10 @@ def _pairs_in(root: str, problems: list[str]) -> list[RgbdPair]:
     rgb_dir, depth_dir = storage.join(root, "rgb"), storage.join(root, "depth")
     found: dict[str, dict[str, str]] = {"rgb": {}, "depth": {}}
     for kind, folder, allowed in (("rgb", rgb_dir, RGB_EXTENSIONS), ("depth", depth_dir, DEPTH_EXTENSIONS)):
-        if not is_dir(folder):
+        if not storage.is_dir(folder):
             problems.append(f"{folder}: missing folder (expected {root}/rgb and {root}/depth)")
             continue
-        for uri in list_dir(folder):
+        for uri in storage.list_dir(folder):
             stem, ext = _split_ext(uri)
             if ext not in allowed:
                 problems.append(f"{uri}: not a {kind} file (allowed: {', '.join(allowed)})")
@@ -112,8 +110,8 @@ def _pairs_in(root: str, problems: list[str]) -> list[RgbdPair]:
 def scan(src: str, test_fraction: float) -> dict[str, list[RgbdPair]]:
     """{split: pairs} for a source folder; one DatasetError listing every layout problem."""
     require_exists(src, "RGB-D source folder")
-    split_roots = {s: storage.join(src, s) for s in ("train", "test") if is_dir(storage.join(src, s))}
-    flat = is_dir(storage.join(src, "rgb")) or is_dir(storage.join(src, "depth"))
+    split_roots = {s: storage.join(src, s) for s in ("train", "test") if storage.is_dir(storage.join(src, s))}
+    flat = storage.is_dir(storage.join(src, "rgb")) or storage.is_dir(storage.join(src, "depth"))
     if split_roots and flat:
         raise DatasetError(f"{src}: holds both rgb/ depth/ and {'/ '.join(split_roots)}/ folders; keep one layout")
     if not split_roots and not flat:

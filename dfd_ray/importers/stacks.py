@@ -14,7 +14,7 @@ The manifest has one row per slice:
                     without one go to `default_split`
 
 Format by extension: `.csv` (header row), `.jsonl` (one JSON object per line), `.json` (a JSON
-array of objects, or JSON lines). Other columns are an error, so that a misspelt `depth_path` or
+array of objects, or JSON lines), `.parquet` (`dfd_ray.manifest`). Other columns are an error, so that a misspelt `depth_path` or
 `split` cannot silently drop data. Relative paths resolve against the manifest's folder. Slices
 are sorted by focus distance; lens fields must agree within a scene. Scenes are written in the
 order of their first row. Every manifest and file-existence problem is reported at once, by line,
@@ -23,9 +23,6 @@ before anything is written; an undecodable image stops the import with its name 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import posixpath
@@ -33,16 +30,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dfd_ray import storage
+from dfd_ray import manifest, storage
 from dfd_ray.config import require_choice
 from dfd_ray.focalstack import SPLITS, DatasetError, FocalStack
 from dfd_ray.importers.common import (
     ImportConfig,
-    basename,
     problems_error,
     read_depth,
     read_image,
-    read_source,
     require_exists,
     write_splits,
 )
@@ -100,72 +95,13 @@ def resolve(folder: str, path: str) -> str:
 
 
 def read_manifest(uri: str) -> tuple[list[tuple[str, dict]], list[str]]:
-    """([(where, record)], problems) of a CSV / JSON-lines / JSON manifest.
-
-    A manifest that cannot be read or parsed at all raises DatasetError at once.
-    """
-    ext = os.path.splitext(uri)[1].lower()
-    if ext not in (".csv", ".jsonl", ".json"):
-        raise DatasetError(f"{uri}: manifest must end in .csv, .jsonl or .json, got {ext or 'no extension'}")
+    """([(where, record)], problems) of the manifest (`dfd_ray.manifest`: CSV, JSON lines, JSON or
+    Parquet). A manifest that cannot be read or parsed at all raises DatasetError at once."""
     require_exists(uri, "manifest")
     try:
-        text = read_source(uri).decode("utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{uri}: manifest is not UTF-8 text: {exc}") from None
-    name = basename(uri)
-    known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
-    rows: list[tuple[str, dict]] = []
-    problems: list[str] = []
-    if ext == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        unknown = [c for c in header if c not in known]
-        if missing or unknown:
-            detail = []
-            if missing:
-                detail.append(f"missing columns {missing}")
-            if unknown:
-                detail.append(f"unknown columns {unknown}")
-            raise DatasetError(
-                f"{uri} line 1: header has {' and '.join(detail)}; "
-                f"required {list(REQUIRED_COLUMNS)}, optional {list(OPTIONAL_COLUMNS)}"
-            )
-        reader.fieldnames = header
-        for record in reader:
-            where = f"{name} line {reader.line_num}"
-            if None in record:
-                problems.append(f"{where}: more fields than the header's {len(header)}")
-                continue
-            rows.append((where, record))
-        return rows, problems
-
-    stripped = text.lstrip()
-    if ext == ".json" and stripped.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{uri}: not valid JSON: {exc}") from None
-        entries = [(f"{name} item {i}", item) for i, item in enumerate(items)]
-    else:
-        entries = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entries.append((f"{name} line {lineno}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                problems.append(f"{name} line {lineno}: not valid JSON: {exc.msg}")
-    for where, item in entries:
-        if not isinstance(item, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(item).__name__}")
-            continue
-        unknown = sorted(set(item) - known)
-        if unknown:
-            problems.append(f"{where}: unknown keys {unknown}; valid keys {[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]}")
-            continue
-        rows.append((where, item))
-    return rows, problems
+        return manifest.read_rows(uri, (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS), required=REQUIRED_COLUMNS)
+    except manifest.ManifestError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _text(record: dict, key: str) -> str:
