@@ -97,6 +97,9 @@ def _stages(cfg: DemoConfig) -> dict:
     trained = train.run(load_config(train.TrainConfig, [
         f"data={data}", f"out={run_dir}", f"splats={storage.join(fitted, 'splats')}", f"steps={cfg.train_steps}",
         f"crop={cfg.crop}", f"batch_size={cfg.batch_size}", "num_workers=2", "worker_cpus=0.5", "report_every=10",
+        # A pass over 4 stacks is one step per worker, and each pass restarts Ray Data (seconds):
+        # 20 crops per stack per pass make it 20 steps.
+        "crops_per_pass=20",
         "checkpoint_every=20", "loss.render=10", "loss.prior=5", f"ray_cpus={cfg.ray_cpus}",
     ]))
     print(f"   final metrics: { {k: round(v, 4) for k, v in trained['final_metrics'].items()} } "

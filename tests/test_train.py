@@ -10,18 +10,17 @@ import time
 import pytest
 import torch
 
-from dfd_ray import evaluate, focalstack, storage, synth, teachers, train
+from dfd_ray import evaluate, focalstack, storage, teachers, train
 from dfd_ray.config import ConfigError, load_config
 from dfd_ray.models import DFDModel, ModelConfig, load_model, save_model
+from tests.datasets import tiny_dataset
 
 TERMS = ("teacher_coc", "teacher_scale", "side", "lens_coc", "lens_depth", "render", "prior", "smooth")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-data")
-    synth.run(load_config(synth.SynthConfig, [f"out={root}", "n_scenes=2", "n_test=1", "height=32", "width=32", "seed=3"]))
-    return str(root)
+    return tiny_dataset(tmp_path_factory.mktemp("train-data"))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +92,7 @@ def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_se
 @pytest.mark.slow  # the gt step is tested without Ray (test_train_step), a bad init in the test below
 def test_gt_supervision_needs_no_teachers_or_renderer_and_init_starts_from_a_model(ray_session, tmp_path):
     data = tmp_path / "data"
-    synth.run(load_config(synth.SynthConfig, [f"out={data}", "n_scenes=2", "n_test=0", "height=32", "width=32", "seed=4"]))
+    tiny_dataset(data, "n_test=0", "seed=4")
     torch.manual_seed(5)
     save_model(DFDModel(ModelConfig()), str(tmp_path / "start"))
     # Fine-tuning starts from a model's weights: at a vanishing rate they stay the model's.
@@ -137,7 +136,7 @@ def test_a_loss_with_no_term_switched_on_is_a_config_error():
 
 
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
-def test_killed_worker_resumes_from_checkpoint_and_a_rerun_trains_on(ray_session, data, splats, tmp_path, where, request):
+def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, splats, tmp_path, where, request):
     """A killed worker: the group restarts from the latest checkpoint and finishes. On S3 (slow),
     where the data, the teachers, the checkpoints and the model all live in the bucket, the same
     command with more steps then resumes the finished run at its last step, on its new schedule
@@ -150,8 +149,7 @@ def test_killed_worker_resumes_from_checkpoint_and_a_rerun_trains_on(ray_session
 
     if where == "s3":
         bucket = request.getfixturevalue("s3_bucket")
-        synth.run(load_config(synth.SynthConfig, [f"out={bucket}/data", "n_scenes=2", "n_test=1", "height=32",
-                                                  "width=32", "seed=3"]))
+        tiny_dataset(f"{bucket}/data")
         data, out = f"{bucket}/data", f"{bucket}/run"
     else:
         out = str(tmp_path / "run")

@@ -5,19 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from dfd_ray import focalstack, streaming, synth, teachers
-from dfd_ray.config import load_config
+from dfd_ray import focalstack, streaming, teachers
 from dfd_ray.models import DFDModel, ModelConfig
 from dfd_ray.services.renderer import RendererCore, RendererPoolConfig
 from dfd_ray.splat.fit import FitConfig
 from dfd_ray.train_step import LossWeights, training_step
+from tests.datasets import tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("step-data")
-    synth.run(load_config(synth.SynthConfig, [f"out={root}", "n_scenes=2", "n_test=0", "height=32", "width=32", "seed=3"]))
-    return str(root)
+    return tiny_dataset(tmp_path_factory.mktemp("step-data"), "n_test=0")
 
 
 @pytest.fixture(scope="module")
