@@ -34,8 +34,8 @@ def read_rows(uri: str, columns: Sequence[str], required: Sequence[str] = ()) ->
     record with unknown keys, a CSV row with extra fields) are left out and each is a problem,
     so that a caller can report every problem at once. CSV values are strings ('' = empty).
     """
-    name = posixpath.basename(uri.rstrip("/")) if "://" in uri else uri.replace("\\", "/").rsplit("/", 1)[-1]
-    ext = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    name = posixpath.basename(uri.rstrip("/"))
+    ext = posixpath.splitext(name)[1].lower()
     if ext not in FORMATS:
         raise ManifestError(f"{uri}: a manifest must end in {', '.join(FORMATS)}, got {ext or 'no extension'}")
     data = storage.read_bytes(uri)

@@ -92,8 +92,9 @@ def stack_depth(stack: FocalStack) -> tuple[np.ndarray, np.ndarray]:
     """
     images = stack.images_float()
     dff, dff_conf = depth_from_focus(images, stack.focus_distances)
-    rel = depth_from_relative_blur(images, stack.focus_distances, stack.lens)
-    gain = float(np.mean([stack.lens.gain_px(float(s)) for s in stack.focus_distances]))  # px·m: CoC difference = gain · |Δ(1/d)|
+    lens = stack.lens
+    rel = depth_from_relative_blur(images, stack.focus_distances, lens)
+    gain = float(np.mean([lens.gain_px(float(s)) for s in stack.focus_distances]))  # px·m: ΔCoC = gain · |Δ(1/d)|
     disagreement_px = gain * np.abs(1.0 / dff - 1.0 / rel)
     depth = 2.0 / (1.0 / dff + 1.0 / rel)
     return depth.astype(np.float32), (np.clip(dff_conf, 0, 1) * np.exp(-disagreement_px / AGREEMENT_PX)).astype(np.float32)

@@ -13,12 +13,13 @@ The manifest has one row per slice:
     split           optional: train or test; non-empty values of a scene must agree; scenes
                     without one go to `default_split`
 
-Format by extension: `.csv` (header row), `.jsonl` (one JSON object per line), `.json` (a JSON
-array of objects, or JSON lines), `.parquet` (`dfd_ray.manifest`). Other columns are an error, so that a misspelt `depth_path` or
-`split` cannot silently drop data. Relative paths resolve against the manifest's folder. Slices
-are sorted by focus distance; lens fields must agree within a scene. Scenes are written in the
-order of their first row. Every manifest and file-existence problem is reported at once, by line,
-before anything is written; an undecodable image stops the import with its name (`common.py`).
+Format by extension (`dfd_ray.manifest`): `.csv` (header row), `.jsonl` (one JSON object per
+line), `.json` (a JSON array of objects, or JSON lines), `.parquet`. Other columns are an error,
+so that a misspelt `depth_path` or `split` cannot silently drop data. Relative paths resolve
+against the manifest's folder. Slices are sorted by focus distance; lens fields must agree within
+a scene. Scenes are written in the order of their first row. Every manifest and file-existence
+problem is reported at once, by line, before anything is written; an undecodable image stops the
+import with its name (`common.py`).
 """
 
 from __future__ import annotations
