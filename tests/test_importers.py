@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 import OpenEXR
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -351,7 +353,7 @@ def test_stacks_csv_manifest_sorted_exact_and_split(tmp_path):
     assert np.array_equal(stack_b.images, np.stack([b[0.8], b[3.0]])) and stack_b.depth is None
 
 
-def test_stacks_jsonl_and_json_manifests(tmp_path):
+def test_stacks_jsonl_json_and_parquet_manifests(tmp_path):
     root = tmp_path / "real"
     a = make_slices(root / "sub", "a", [1.5, 0.7], seed=4)
     depth = np.random.default_rng(5).uniform(0.5, 4.0, (12, 16)).astype(np.float32)
@@ -369,6 +371,11 @@ def test_stacks_jsonl_and_json_manifests(tmp_path):
     (root / "m.json").write_text(json.dumps(records))
     summary = stacks.run(stacks_config(root / "m.json", tmp_path / "ds2"))
     assert summary["stacks"] == {"train": 1, "test": 0}
+
+    pq.write_table(pa.Table.from_pylist(records), root / "m.parquet")  # typed columns, not text
+    stacks.run(stacks_config(root / "m.parquet", tmp_path / "ds3"))
+    stack = next(read_stacks(str(tmp_path / "ds3" / "train")))
+    assert np.array_equal(stack.images, np.stack([a[0.7], a[1.5]])) and np.array_equal(stack.depth, depth)
 
 
 def test_stacks_lens_mismatch_names_line_and_scene(tmp_path):
