@@ -135,7 +135,7 @@ def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     the weights (the crossing moves smoothly with them). With weights p_k / t_k over depths t_k it
     is the depth that minimises the expected |d - t| / t under p: the AbsRel-optimal decode.
     """
-    w = weights / weights.sum(-3, keepdim=True)
+    w = weights * (1.0 / weights.sum(-3, keepdim=True))
     cdf = torch.cumsum(w, dim=-3)
     k = values.numel()
     j = (cdf < 0.5).sum(-3, keepdim=True).clamp(max=k - 1)  # first grid point at or past half
@@ -190,12 +190,13 @@ class DepthNet(nn.Module):
         """(N, K, H, W): log p(c | u_k), a Laplace of scale b around the CoC G |u_k - 1/s|, up to a constant."""
         u = self.inverse_depths[None, :, None, None]
         expected = optics.coc_px_at_inverse_depth(u, focus_distance[:, None, None, None], gain[:, None, None, None])
-        return -(coc[:, None] - expected).abs() / scale[:, None] - torch.log(scale[:, None])
+        # One multiply by -1/b over the grid (a divide and a negation cost twice that, forward and back).
+        return (coc[:, None] - expected).abs() * (-1.0 / scale)[:, None] - torch.log(scale)[:, None]
 
     def side_log_likelihood(self, side_logit: torch.Tensor, focus_distance: torch.Tensor) -> torch.Tensor:
         """(N, K, H, W): the side factor log sigmoid(±z) (+ in front of the focus plane)."""
-        near, z = self._near(focus_distance), side_logit[:, None]
-        return near * F.logsigmoid(z) + (1 - near) * F.logsigmoid(-z)
+        z = side_logit[:, None]
+        return torch.where(self._near(focus_distance).bool(), F.logsigmoid(z), F.logsigmoid(-z))
 
     def near_logit(self, coc_log_likelihood: torch.Tensor, side_logit: torch.Tensor,
                    focus_distance: torch.Tensor) -> torch.Tensor:
@@ -205,12 +206,15 @@ class DepthNet(nn.Module):
         already carry, so nothing is counted twice (a classifier of the side on its own would
         learn the prior's odds again)."""
         log_post = coc_log_likelihood + self.side_log_likelihood(side_logit, focus_distance) + self.log_prior.view(-1, 1, 1)
-        near = self._near(focus_distance).bool().expand_as(log_post)
-        # A focus plane at an end of the grid leaves one side empty; the odds are then ±LOGIT_CAP
-        # (and `has_both_sides` is False: no side to learn).
-        empty = -1e4
-        odds = (torch.logsumexp(torch.where(near, log_post, empty), dim=1)
-                - torch.logsumexp(torch.where(near, empty, log_post), dim=1))
+        near = self._near(focus_distance)
+        # Both sides' masses relative to the posterior's peak: the shift cancels in the odds (value
+        # and gradient), and the peak's side holds a mass >= 1, so a side that matters (odds within
+        # ±LOGIT_CAP) has a mass far above float32's floor. One exp over the grid instead of two
+        # log-sum-exps. A focus plane at an end of the grid leaves one side empty (mass 0): the odds
+        # are then ±LOGIT_CAP (and `has_both_sides` is False: no side to learn).
+        mass = torch.exp(log_post - log_post.amax(dim=1, keepdim=True).detach())
+        near_mass, far_mass = (mass * near).sum(1), (mass * (1 - near)).sum(1)
+        odds = torch.log(near_mass.clamp_min(1e-30)) - torch.log(far_mass.clamp_min(1e-30))
         return odds.clamp(-LOGIT_CAP, LOGIT_CAP)
 
     def has_both_sides(self, focus_distance: torch.Tensor) -> torch.Tensor:
@@ -241,13 +245,14 @@ class DFDModel(nn.Module):
         self.sdnet = SDNet(cfg)
         self.depthnet = DepthNet(cfg)
 
-    def forward(self, image: torch.Tensor, focus_distance: torch.Tensor, focal_length: torch.Tensor,
-                f_number: torch.Tensor, pixel_size: torch.Tensor, prior_depth: torch.Tensor | None = None,
+    def forward(self, image: torch.Tensor, focus_distance: torch.Tensor, lens: optics.Lens,
+                prior_depth: torch.Tensor | None = None,
                 prior_conf: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """images (N, 3, H, W) sRGB in [0, 1]; per-image lens (N,) in metres → maps (N, H, W):
-        coc [px], coc_scale [px], side_logit, near_logit (the posterior's side, for the side loss;
-        it reaches the side net only), depth [m], and log_likelihood (N, K, H, W)."""
-        gain = optics.coc_gain_px(focus_distance, focal_length, f_number, pixel_size)
+        """images (N, 3, H, W) sRGB in [0, 1], focus distances (N,) [m] and the lens (fields of
+        shape (N,) or floats) → maps (N, H, W): coc [px], coc_scale [px], side_logit, near_logit
+        (the posterior's side, for the side loss; it reaches the side net only), depth [m], and
+        log_likelihood (N, K, H, W)."""
+        gain = lens.gain_px(focus_distance)
         coc, scale = self.sdnet(image, focus_distance, gain)
         side = self.depthnet.side_logit(coc, scale, image, focus_distance, gain)
         coc_lik = self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain)
