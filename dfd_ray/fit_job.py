@@ -15,12 +15,15 @@ splat file that loads are kept, the others (never fitted, torn, failed) are fitt
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from omegaconf import MISSING
 
-from dfd_ray import depth_png, focalstack, storage
+from dfd_ray import depth_codec, focalstack, storage
 from dfd_ray.config import require, save_config
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.metrics import depth_metrics, mean_metrics
@@ -35,14 +38,14 @@ class FitJobConfig:
     out: str = MISSING  # where splats, depth PNGs and fit_metrics.json go
     fit: FitConfig = field(default_factory=FitConfig)
     max_scenes: int = 0  # per split; 0 fits them all
-    task_cpus: float = 1.0  # CPUs per fitting task (each fit uses torch's threads)
+    task_cpus: float = 0.0  # CPUs (= torch threads) per fitting task; 0 = the cluster's CPUs shared among the scenes
     ray_cpus: int = 2  # logical CPUs of an embedded local Ray (ignored on a cluster)
     eval_max_depth: float | None = None  # metres; GT beyond it is left out of the metrics
     overwrite: bool = False  # refit scenes a previous run finished (else they are kept)
 
     def __post_init__(self) -> None:
         require(self.max_scenes >= 0, "max_scenes", "must be >= 0")
-        require(self.task_cpus > 0, "task_cpus", "must be > 0")
+        require(self.task_cpus >= 0, "task_cpus", "must be >= 0 (0 = share the CPUs among the scenes)")
 
 
 def splat_uri(out: str, scene_id: str) -> str:
@@ -67,15 +70,17 @@ def finished_record(out: str, scene_id: str) -> dict | None:
     return record if isinstance(record, dict) and record.get("scene_id") == scene_id else None
 
 
-def fit_one(stack: focalstack.FocalStack, cfg: FitJobConfig) -> dict:
-    """Fit one scene, write its outputs, and return its record for fit_metrics.json."""
+def fit_one(stack: focalstack.FocalStack, cfg: FitJobConfig, threads: int = 1,
+            log: Callable[[str], None] | None = None) -> dict:
+    """Fit one scene with `threads` torch threads, write its outputs, and return its record for
+    fit_metrics.json; `log` gets the fit's progress lines."""
     import torch
 
-    torch.set_num_threads(max(1, int(cfg.task_cpus)))
-    result = fit_scene(stack, cfg.fit, log=lambda line: print(line, flush=True))
+    torch.set_num_threads(max(1, threads))
+    result = fit_scene(stack, cfg.fit, log=log)
     save_fit(result, splat_uri(cfg.out, stack.scene_id))
-    storage.write_bytes(storage.join(cfg.out, "depth", f"{stack.scene_id}.png"), depth_png.encode_depth_mm(result.depth))
-    storage.write_bytes(storage.join(cfg.out, "depth", f"{stack.scene_id}_preview.png"), depth_png.encode_preview(result.depth))
+    storage.write_bytes(storage.join(cfg.out, "depth", f"{stack.scene_id}.png"), depth_codec.encode_depth_mm(result.depth))
+    storage.write_bytes(storage.join(cfg.out, "depth", f"{stack.scene_id}_preview.png"), depth_codec.encode_preview(result.depth))
     record = {"scene_id": stack.scene_id, "seconds": round(result.seconds, 2),
               "final_loss": result.losses[-1] if result.losses else None}
     if stack.depth is not None:
@@ -86,6 +91,41 @@ def fit_one(stack: focalstack.FocalStack, cfg: FitJobConfig) -> dict:
     return record
 
 
+def fit_task(stack: focalstack.FocalStack, cfg: FitJobConfig, threads: int) -> Iterator[str | dict]:
+    """The Ray task: yields the fit's progress lines as they come, then the scene's record.
+
+    A streaming generator, so that the driver prints progress even where Ray does not forward a
+    task's output (an embedded local Ray). The fit runs in a thread because its progress arrives
+    through a callback; its exception is raised here, after the lines it logged."""
+    lines: queue.Queue[str] = queue.Queue()
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["record"] = fit_one(stack, cfg, threads, lines.put)
+        except BaseException as exc:  # handed to the generator's thread, raised there
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"fit-{stack.scene_id}", daemon=True)
+    worker.start()
+    while worker.is_alive() or not lines.empty():
+        try:
+            yield lines.get(timeout=0.2)
+        except queue.Empty:
+            pass
+    if "error" in outcome:
+        raise outcome["error"]
+    yield outcome["record"]
+
+
+def cpus_per_scene(task_cpus: float, cluster_cpus: float, node_cpus: float, scenes: int) -> float:
+    """CPUs (and torch threads) a fitting task asks for: `task_cpus`, or where it is 0 the
+    cluster's CPUs shared among the run's scenes, at least 1 and at most one node's CPUs each."""
+    if task_cpus > 0:
+        return task_cpus
+    return float(max(1, min(int(node_cpus), int(cluster_cpus // max(1, scenes)))))
+
+
 def run(cfg: FitJobConfig) -> dict:
     import ray
 
@@ -93,30 +133,42 @@ def run(cfg: FitJobConfig) -> dict:
     save_config(cfg, cfg.out)
     started = ensure_ray(cfg.ray_cpus)
     try:
-        remote_fit = ray.remote(num_cpus=cfg.task_cpus, max_retries=1, **storage.worker_runtime_env())(fit_one)
-        cfg_ref = ray.put(cfg)
-        pending: dict = {}
-        records, failed, kept = [], [], 0
-        # Two tasks per CPU slot in flight keeps the cluster busy without queueing every scene.
-        cpus = ray.cluster_resources().get("CPU", cfg.ray_cpus)
-        max_in_flight = max(2, int(2 * cpus / cfg.task_cpus))
-
         prefixes = focalstack.dataset_prefixes(cfg.data)
         total = 0  # scenes this run reports on, for the progress count (shard footers only)
         for prefix in prefixes:
             scenes = sum(len(focalstack.shard_scene_ids(s)) for s in focalstack.shard_uris(prefix))
             total += min(scenes, cfg.max_scenes) if cfg.max_scenes else scenes
 
+        cpus = ray.cluster_resources().get("CPU", cfg.ray_cpus)
+        node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+        task_cpus = cpus_per_scene(cfg.task_cpus, cpus, node_cpus, total)
+        remote_fit = ray.remote(num_cpus=task_cpus, max_retries=1, **storage.worker_runtime_env())(fit_task)
+        cfg_ref = ray.put(cfg)
+        pending: dict = {}  # generator of a running task -> its scene id
+        records, failed, kept = [], [], 0
+        # Two tasks per CPU slot in flight keeps the cluster busy without queueing every scene.
+        max_in_flight = max(2, int(2 * cpus / task_cpus))
+
         def collect(block_until: int) -> None:
             while len(pending) > block_until:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                scene_id = pending.pop(done[0])
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                scene_id = pending[ready[0]]
                 try:
-                    records.append(ray.get(done[0]))
-                    status = f"{records[-1].get('seconds')} s"
+                    item = ray.get(next(ready[0]))
+                except StopIteration:
+                    pending.pop(ready[0])
+                    continue
                 except Exception as exc:  # one bad scene must not sink the job
+                    pending.pop(ready[0])
                     failed.append({"scene_id": scene_id, "error": str(exc).splitlines()[-1]})
                     status = f"FAILED {failed[-1]['error']}"
+                else:
+                    if isinstance(item, str):  # a progress line
+                        print(item, flush=True)
+                        continue
+                    pending.pop(ready[0])
+                    records.append(item)
+                    status = f"{item.get('seconds')} s"
                 print(f"fit {scene_id}: {status} [{len(records) + len(failed)}/{total} scenes]", flush=True)
 
         for prefix in prefixes:
@@ -129,7 +181,7 @@ def run(cfg: FitJobConfig) -> dict:
                     kept += 1
                     continue
                 collect(max_in_flight - 1)
-                pending[remote_fit.remote(stack, cfg_ref)] = stack.scene_id
+                pending[remote_fit.remote(stack, cfg_ref, max(1, int(task_cpus)))] = stack.scene_id
         collect(0)
     finally:
         if started:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dfd_ray import defocus, fit_job, imaging, optics, storage, synth
-from dfd_ray.importers.common import decode_png_depth
+from dfd_ray.depth_codec import decode_png_depth
 from dfd_ray.config import ConfigError, load_config
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.focalstack import FocalStack, write_stacks
@@ -92,7 +92,7 @@ def test_load_errors(tmp_path):
         load_splats(str(tmp_path / "bad.npz"))
 
 
-def test_fit_job_writes_outputs_and_records_a_failed_scene(ray_session, tmp_path):
+def test_fit_job_writes_outputs_and_records_a_failed_scene(ray_session, tmp_path, capsys):
     data = tmp_path / "data"
     cfg = load_config(synth.SynthConfig, [f"out={data}", "n_scenes=2", "n_test=0", "height=24", "width=24"])
     stacks = [synth.make_scene(cfg, i, "train") for i in range(2)]
@@ -104,6 +104,10 @@ def test_fit_job_writes_outputs_and_records_a_failed_scene(ray_session, tmp_path
     job = load_config(fit_job.FitJobConfig, [f"data={data}", f"out={out}", "fit.steps=8", "fit.warmup_steps=2"])
     brief = fit_job.run(job)
     assert brief["scenes"] == 2 and brief["failed"] == 1
+    printed = capsys.readouterr().out  # the tasks' progress lines reach the driver's terminal
+    for stack in stacks:
+        assert f"fit {stack.scene_id}: step 8/8 loss" in printed
+    assert "fit bad-lens: FAILED" in printed and "[3/3 scenes]" in printed
     metrics = json.loads((out / "fit_metrics.json").read_text())
     assert metrics["failed"][0]["scene_id"] == "bad-lens" and "depth range" in metrics["failed"][0]["error"]
     for name in ("splat", "dff"):
@@ -111,7 +115,7 @@ def test_fit_job_writes_outputs_and_records_a_failed_scene(ray_session, tmp_path
     for stack in stacks:
         _, extra = load_splats(fit_job.splat_uri(str(out), stack.scene_id))
         png_uri = str(out / "depth" / f"{stack.scene_id}.png")
-        png = decode_png_depth(storage.read_bytes(png_uri), png_uri)  # the importers' strict reader
+        png = decode_png_depth(storage.read_bytes(png_uri), png_uri)  # the strict reader
         np.testing.assert_allclose(png, extra["depth"], atol=6e-4)
     assert (out / "config.yaml").exists()
 
@@ -123,3 +127,11 @@ def test_fit_job_writes_outputs_and_records_a_failed_scene(ray_session, tmp_path
     load_splats(str(torn))  # whole again
     per_scene = json.loads((out / "fit_metrics.json").read_text())["per_scene"]
     assert sorted(r["scene_id"] for r in per_scene) == sorted(s.scene_id for s in stacks)
+
+
+def test_a_lone_scene_gets_the_cpus_many_scenes_share_them():
+    assert fit_job.cpus_per_scene(0, cluster_cpus=2, node_cpus=2, scenes=1) == 2
+    assert fit_job.cpus_per_scene(0, cluster_cpus=16, node_cpus=8, scenes=1) == 8  # one node at most
+    assert fit_job.cpus_per_scene(0, cluster_cpus=16, node_cpus=8, scenes=5) == 3
+    assert fit_job.cpus_per_scene(0, cluster_cpus=2, node_cpus=2, scenes=40) == 1
+    assert fit_job.cpus_per_scene(0.5, cluster_cpus=2, node_cpus=2, scenes=1) == 0.5  # as configured
