@@ -1,10 +1,10 @@
-"""The README's configuration reference, generated from the config dataclasses.
+"""docs/configuration.md, generated from the config dataclasses.
 
     python -m dfd_ray.config_reference            # print the markdown
-    python -m dfd_ray.config_reference --write    # replace the section in README.md
+    python -m dfd_ray.config_reference --write    # replace the reference in docs/configuration.md
 
 Each field's description is the `# comment` on its line in the dataclass source, so the
-reference says what the code says; a test fails when README.md is not what this prints.
+reference says what the code says; a test fails when docs/configuration.md is not what this prints.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from omegaconf import MISSING
 from dfd_ray.cli import COMMANDS, IMPORTERS
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def _own_comments(cls: type) -> dict[str, str]:
@@ -112,16 +113,15 @@ def reference() -> str:
 
 def replace_in(text: str) -> str:
     if BEGIN not in text or END not in text:
-        raise ValueError(f"README.md lacks the {BEGIN} … {END} markers")
+        raise ValueError(f"{DOC.name} lacks the {BEGIN} … {END} markers")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return head + reference() + tail
 
 
 def main(argv: list[str]) -> int:
-    readme = Path(__file__).resolve().parent.parent / "README.md"
     if "--write" in argv:
-        readme.write_text(replace_in(readme.read_text()))
+        DOC.write_text(replace_in(DOC.read_text()))
         return 0
     print(reference())
     return 0

@@ -36,7 +36,7 @@ from omegaconf import MISSING
 
 from dfd_ray import focalstack, optics, photos, storage
 from dfd_ray.config import ConfigError, require, require_choice, save_config
-from dfd_ray.depth_png import encode_depth_mm, encode_preview
+from dfd_ray.depth_codec import encode_depth_mm, encode_preview
 from dfd_ray.ray_session import ensure_ray
 
 MANIFEST_SCHEMA = pa.schema([
@@ -159,7 +159,7 @@ class DepthPredictor:
     def _forward(self, images, lens):
         import torch
 
-        out = self.model(images, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])
+        out = self.model(images, lens[:, 0], optics.Lens(lens[:, 1], lens[:, 2], lens[:, 3]))
         return torch.stack([torch.log(out["depth"]), out["coc"], torch.log(out["coc_scale"]), out["side_logit"]], 1)
 
     def _predict(self, rows: list[int], batch: dict) -> tuple[list[np.ndarray], list[int]]:

@@ -33,7 +33,7 @@ def _any(mask: Any) -> bool:
 
 def _require_positive(name: str, value: Any) -> None:
     if _any(value <= 0) or _any(value != value):  # the second test catches NaN
-        raise OpticsError(f"{name} must be positive (metres), got {_describe(value)}")
+        raise OpticsError(f"{name} must be positive, got {_describe(value)}")
 
 
 def _describe(value: Any) -> str:
@@ -79,8 +79,14 @@ def coc_gain(focus_distance: Num, focal_length: Num, f_number: Num) -> Num:
 
 def coc_gain_px(focus_distance: Num, focal_length: Num, f_number: Num, pixel_size: Num) -> Num:
     """G = A v / p [pixel·metres]: the CoC in pixels is G |1/d - 1/s|, linear in inverse depth."""
+    return gain_px_of_aperture(focus_distance, focal_length, aperture_diameter(focal_length, f_number), pixel_size)
+
+
+def gain_px_of_aperture(focus_distance: Num, focal_length: Num, aperture: Num, pixel_size: Num) -> Num:
+    """G = A v / p [pixel·metres] for an aperture diameter A [m] given directly: differentiable in
+    A, and A = 0 is a pinhole (G = 0), which an f-number cannot express."""
     _require_positive("pixel_size", pixel_size)
-    return aperture_diameter(focal_length, f_number) * image_distance(focus_distance, focal_length) / pixel_size
+    return aperture * image_distance(focus_distance, focal_length) / pixel_size
 
 
 def coc_px_at_inverse_depth(inverse_depth: Num, focus_distance: Num, gain_px: Num) -> Num:

@@ -12,7 +12,7 @@ import posixpath
 import numpy as np
 from PIL import Image
 
-from dfd_ray import manifest, storage
+from dfd_ray import manifest, optics, storage
 from dfd_ray.focalstack import image_pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -108,12 +108,11 @@ def resolve_camera(manifest: dict | None, exif: dict, defaults: dict) -> tuple[d
             missing.append(key)
     if missing:
         raise PhotoError(f"no camera {', '.join(missing)}: not in the manifest, the EXIF or the config defaults")
-    bad = [f"{k}={v:g}" for k, v in values.items() if not v > 0]
-    if bad:
-        raise PhotoError(f"camera values must be positive: {', '.join(bad)}")
-    if values["focus_distance"] <= values["focal_length"]:
-        raise PhotoError(f"focus_distance {values['focus_distance']:g} m must exceed focal_length "
-                         f"{values['focal_length']:g} m")
+    try:  # the thin lens's own checks: positive values, focused beyond its focal length
+        lens = optics.Lens(values["focal_length"], values["f_number"], values["pixel_size"])
+        lens.gain_px(values["focus_distance"])
+    except optics.OpticsError as exc:
+        raise PhotoError(f"camera: {exc}") from None
     distinct = set(sources.values())
     source = distinct.pop() if len(distinct) == 1 else ",".join(f"{k}:{sources[k]}" for k in CAMERA_KEYS)
     return values, source

@@ -43,8 +43,8 @@ def plain_loop(folder: str, model_uri: str, batch: int, tile: int, overlap: int,
     """What a user would write without Ray: one process, files in order, batches of photos."""
     import torch
 
-    from dfd_ray import photos, storage
-    from dfd_ray.depth_png import encode_depth_mm, encode_preview
+    from dfd_ray import optics, photos, storage
+    from dfd_ray.depth_codec import encode_depth_mm, encode_preview
     from dfd_ray.models.store import load_model
     from dfd_ray.tiling import predict_tiled
 
@@ -53,7 +53,7 @@ def plain_loop(folder: str, model_uri: str, batch: int, tile: int, overlap: int,
     paths, _ = photos.list_photos(f"{folder}/photos")
 
     def forward(x, lens):
-        return torch.log(model(x, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])["depth"])[:, None]
+        return torch.log(model(x, lens[:, 0], optics.Lens(lens[:, 1], lens[:, 2], lens[:, 3]))["depth"])[:, None]
 
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]

@@ -3,10 +3,10 @@ from pathlib import Path
 from dfd_ray import config_reference
 
 
-def test_readme_configuration_reference_is_current():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert config_reference.replace_in(readme) == readme, (
-        "README.md's configuration reference is stale: run python -m dfd_ray.config_reference --write"
+def test_the_configuration_reference_is_current():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert config_reference.replace_in(doc) == doc, (
+        "docs/configuration.md is stale: run python -m dfd_ray.config_reference --write"
     )
 
 

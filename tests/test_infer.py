@@ -16,13 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from dfd_ray import cli, infer, photos, storage, synth
-from dfd_ray.config import ConfigError, load_config
+from dfd_ray import cli, depth_codec, infer, optics, photos, storage, synth
+from dfd_ray.config import load_config
 from dfd_ray.models.nets import DFDModel, ModelConfig
-from dfd_ray.models.store import save_model
 from dfd_ray.tiling import predict_tiled, tile_boxes, tile_spans
 
 LENS = {"focal_length": 2.9e-3, "f_number": 1.0, "pixel_size": 1.2e-5}
+
+
+def _read_depth(uri: str) -> np.ndarray:
+    return depth_codec.decode_depth(storage.read_bytes(uri), uri)
 
 
 def _png(array: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
@@ -148,7 +151,7 @@ def test_tiled_prediction_matches_whole_image_away_from_seams():
         model.depthnet.side.head.weight.normal_()
 
     def forward(x, lens):  # log depth and the CoC, blended across tiles alike
-        out = model(x, lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3])
+        out = model(x, lens[:, 0], optics.Lens(lens[:, 1], lens[:, 2], lens[:, 3]))
         return torch.stack([torch.log(out["depth"]), out["coc"]], 1)
 
     image = _texture(320, 336, seed=3).astype(np.float32) / 255
@@ -323,7 +326,6 @@ def test_config_errors_fail_before_any_work(model_uri, tmp_path, capsys, overrid
 
 
 def test_the_shipped_model_loads_and_infers_a_photo_with_no_model_given(ray_session, tmp_path):
-    from dfd_ray.importers.common import read_depth
     from dfd_ray.models.store import SHIPPED, load_model
 
     model, meta = load_model("")  # "" is the shipped fod500 model (docs/model_card.md)
@@ -335,7 +337,7 @@ def test_the_shipped_model_loads_and_infers_a_photo_with_no_model_given(ray_sess
                                           "camera.f_number=1.0", "camera.pixel_size=1.2e-5"])
     assert infer.run(cfg)["done"] == 1
     row = _table(str(tmp_path / "depth"), "manifest")[0]
-    depth = read_depth(row["depth"])  # 16-bit millimetres
+    depth = _read_depth(row["depth"])  # 16-bit millimetres
     assert depth.shape == (64, 72) and np.isfinite(depth).all()
     lo, hi = model.cfg.min_depth, model.cfg.max_depth
     assert lo - 1e-3 <= depth.min() and depth.max() <= hi + 1e-3
@@ -344,7 +346,6 @@ def test_the_shipped_model_loads_and_infers_a_photo_with_no_model_given(ray_sess
 @pytest.mark.parametrize("depth_m", [0.2, 0.45])
 def test_scene_fusion_recovers_a_depth_through_the_lens_on_either_side(model_uri, tmp_path, depth_m):
     from dfd_ray import optics
-    from dfd_ray.importers.common import read_depth
 
     # Two photos of one flat surface focused at 0.3 m and 0.7 m, their defocus maps exact: either
     # photo alone has a root on each side of its focus plane, together they have one depth.
@@ -358,4 +359,4 @@ def test_scene_fusion_recovers_a_depth_through_the_lens_on_either_side(model_uri
                         "f_number": 1.0, "pixel_size": 1.2e-5})
     row = infer.fuse_scene({"scene_id": "flat", "members": members}, str(tmp_path), model_uri)
     assert row["message"] == "" and row["members"] == 2
-    assert float(np.median(read_depth(row["depth"]))) == pytest.approx(depth_m, rel=0.03)
+    assert float(np.median(_read_depth(row["depth"]))) == pytest.approx(depth_m, rel=0.03)

@@ -13,8 +13,8 @@ from dfd_ray.models.nets import blur_bands, parameter_count, weighted_median
 FOD500 = (2.9e-3, 1.0, 3.1e-3 / 256)  # focal length [m], f-number, pixel pitch [m]
 
 
-def _lens(n: int, focus) -> tuple[torch.Tensor, ...]:
-    return (torch.as_tensor(focus, dtype=torch.float32), *(torch.full((n,), v) for v in FOD500))
+def _lens(n: int, focus) -> tuple[torch.Tensor, optics.Lens]:
+    return torch.as_tensor(focus, dtype=torch.float32), optics.Lens(*(torch.full((n,), v) for v in FOD500))
 
 
 def test_outputs_have_their_shapes_and_stay_in_range():

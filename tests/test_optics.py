@@ -141,6 +141,8 @@ def test_splat_projection_coc_is_the_optics_signed_coc():
     got = thin_lens_coc_px(depths, 0.3, F / N, camera)
     want = optics.coc_signed_px(depths, 0.3, F, N, PITCH)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert optics.gain_px_of_aperture(0.3, F, F / N, PITCH) == pytest.approx(optics.coc_gain_px(0.3, F, N, PITCH))
+    assert (thin_lens_coc_px(depths, 0.3, 0.0, camera) == 0).all()  # aperture 0: a pinhole
 
 
 def test_depthnet_likelihood_peaks_at_the_optics_coc():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dfd_ray import train_state
+from dfd_ray import optics, train_state
 from dfd_ray.models import DFDModel, ModelConfig, load_model
 
 
@@ -12,7 +12,7 @@ def test_training_state_round_trip_is_exact(tmp_path):
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     average = train_state.WeightAverage(model, 0.9)
     for _ in range(2):
-        out = model(torch.rand(1, 3, 16, 16), *(torch.tensor([v]) for v in (0.3, 2.9e-3, 1.0, 12e-6)))
+        out = model(torch.rand(1, 3, 16, 16), torch.tensor([0.3]), optics.Lens(2.9e-3, 1.0, 12e-6))
         (out["depth"].mean() + out["coc"].mean()).backward()
         optimiser.step()
         average.update(model)

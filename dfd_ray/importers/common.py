@@ -12,7 +12,6 @@ Sources are local paths or any fsspec URI that `dfd_ray.storage` opens (s3:// in
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -24,17 +23,14 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 from omegaconf import MISSING
-from PIL import Image
 
-from dfd_ray import optics, storage
+from dfd_ray import depth_codec, optics, storage
 from dfd_ray.config import require, save_config
 from dfd_ray.focalstack import SPLITS, DatasetError, FocalStack, decode_image, write_stacks
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20  # a broken 500-scene folder should not print 3,000 lines
-DEPTH_PNG_UNIT_M = 1e-3  # 16-bit depth PNGs hold millimetres (NYUv2 / Kinect convention)
-DEPTH_EXTENSIONS = (".png", ".npy", ".exr")
 
 Item = TypeVar("Item")
 
@@ -166,79 +162,9 @@ def problems_error(where: str, what: str, problems: Sequence[str]) -> DatasetErr
 
 # --- depth ----------------------------------------------------------------------------------
 
-def clean_depth(depth_m: np.ndarray) -> np.ndarray:
-    """float32 metres with every non-finite or negative value set to 0 (the format's "invalid")."""
-    depth = np.asarray(depth_m, dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(depth) | (depth < 0)
-    return np.where(bad, np.float32(0), depth).astype(np.float32)
-
-
-def decode_exr_depth(data: bytes, uri: str) -> np.ndarray:
-    """Depth [m] from an EXR: its R channel, or its only channel. float16 values are kept exactly."""
-    import OpenEXR  # imported here: only EXR sources need the native library
-
-    try:
-        exr = OpenEXR.File(io.BytesIO(data), separate_channels=True)
-        channels = exr.channels()
-        if "R" in channels:
-            name = "R"
-        elif len(channels) == 1:
-            name = next(iter(channels))
-        else:
-            raise DatasetError(f"{uri}: EXR has channels {sorted(channels)}; depth must be in R or the only channel")
-        pixels = np.asarray(channels[name].pixels)
-    except DatasetError:
-        raise
-    except Exception as exc:  # the OpenEXR binding raises RuntimeError and others for bad files
-        raise DatasetError(f"{uri}: not a readable EXR file: {exc}") from None
-    if pixels.ndim != 2 or pixels.dtype.kind != "f":
-        raise DatasetError(
-            f"{uri}: EXR channel {name} is {pixels.dtype} {pixels.shape}, expected a float H×W depth map"
-        )
-    # float16 -> float32 widening is exact, so the stored depth equals the file's values.
-    return clean_depth(pixels.astype(np.float32))
-
-
-def decode_png_depth(data: bytes, uri: str) -> np.ndarray:
-    """Depth [m] from a 16-bit grey PNG in millimetres; 0 stays 0 (invalid)."""
-    try:
-        with Image.open(io.BytesIO(data)) as pil:
-            pil.load()
-            mode = pil.mode
-            raw = np.asarray(pil)
-    except Exception as exc:  # Pillow raises many types for corrupt data
-        raise DatasetError(f"{uri}: not a readable PNG: {exc}") from None
-    # Pillow opens 16-bit grey PNGs as "I;16" (or "I" for some encoders); anything else is not
-    # millimetre depth, and an 8-bit map would silently lose all but 255 mm of range.
-    if mode not in ("I;16", "I;16B", "I;16L", "I") or raw.ndim != 2:
-        raise DatasetError(f"{uri}: depth PNG must be 16-bit grey in millimetres, got Pillow mode {mode}")
-    millimetres = raw.astype(np.float64)
-    return clean_depth(millimetres * DEPTH_PNG_UNIT_M)
-
-
-def decode_npy_depth(data: bytes, uri: str) -> np.ndarray:
-    """Depth [m] from a .npy array of shape (H, W) or (H, W, 1)."""
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:
-        raise DatasetError(f"{uri}: not a readable .npy array: {exc}") from None
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    if array.ndim != 2 or array.dtype.kind not in "fiu":
-        raise DatasetError(
-            f"{uri}: depth .npy must be a numeric (H, W) array in metres, got {array.dtype} {array.shape}"
-        )
-    return clean_depth(array.astype(np.float32))
-
-
 def read_depth(uri: str) -> np.ndarray:
-    """(H, W) float32 depth [m], 0 = invalid, from `.png` (16-bit mm), `.npy` (m) or `.exr` (m)."""
-    ext = os.path.splitext(uri)[1].lower()
-    decoders = {".png": decode_png_depth, ".npy": decode_npy_depth, ".exr": decode_exr_depth}
-    if ext not in decoders:
-        raise DatasetError(f"{uri}: depth files must be {', '.join(DEPTH_EXTENSIONS)}, got {ext or 'no extension'}")
-    return decoders[ext](read_source(uri), uri)
+    """(H, W) float32 depth [m], 0 = invalid, of a depth file (`depth_codec.decode_depth`)."""
+    return depth_codec.decode_depth(read_source(uri), uri)
 
 
 # --- writing --------------------------------------------------------------------------------

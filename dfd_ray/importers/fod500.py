@@ -22,14 +22,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from dfd_ray import storage
+from dfd_ray import depth_codec, storage
 from dfd_ray.config import require
 from dfd_ray.focalstack import DatasetError, FocalStack
 from dfd_ray.importers.common import (
     Camera,
     PresetImportConfig,
     basename,
-    decode_exr_depth,
     problems_error,
     read_image,
     read_source,
@@ -124,7 +123,7 @@ def load_scene(scene: Fod500Scene, camera: Camera) -> FocalStack:
                 f"{uri}: scene {scene.index:06d}: slice is {image.shape} {image.dtype}, "
                 f"but {basename(scene.slices[0])} is {first.shape} {first.dtype}"
             )
-    depth = decode_exr_depth(read_source(scene.depth), scene.depth)
+    depth = depth_codec.decode_exr_depth(read_source(scene.depth), scene.depth)
     if depth.shape != first.shape[:2]:
         raise DatasetError(
             f"{scene.depth}: scene {scene.index:06d}: depth is {depth.shape}, slices are {first.shape[:2]}"

@@ -80,7 +80,7 @@ def thin_lens_coc_px(
 
     Differentiable in focus distance and aperture diameter (metres); aperture 0 is a pinhole.
     """
-    gain_px = aperture * optics.image_distance(focus_distance, camera.focal_length) / camera.pixel_size  # A v / p
+    gain_px = optics.gain_px_of_aperture(focus_distance, camera.focal_length, aperture, camera.pixel_size)
     return gain_px * (1.0 / focus_distance - 1.0 / depths)
 
 
