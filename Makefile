@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-all bench clean cluster-up cluster-down cluster-status
+.PHONY: install demo test test-all bench gpu-check clean cluster-up cluster-down cluster-status
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q --durations=10 tests
+
+# On a CUDA machine: gsplat compiled, its parity tests, render / inference / training figures, one
+# report under $(GPU_OUT) inside 8 minutes (jobs/gpu_check.py). Without CUDA it says so and exits 0.
+GPU_OUT ?= gpu_check
+gpu-check: install
+	$(PY) jobs/gpu_check.py --out $(GPU_OUT)
 
 bench: install
 	$(PY) jobs/bench_synth.py

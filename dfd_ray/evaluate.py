@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from dfd_ray import focalstack, optics, storage
+from dfd_ray import focalstack, storage
 from dfd_ray.config import ConfigError, require, save_config
 from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.metrics import COC_KEYS, METRIC_KEYS, SIDE_KEYS, coc_metrics, depth_metrics, mean_metrics, side_metrics
@@ -55,10 +55,8 @@ def predict_slices(model, stack: focalstack.FocalStack, prior: tuple[np.ndarray,
     the depth that best explains all the slices' CoC maps through the lens (`DFDModel.fuse`), with the
     splat `prior` (depth, confidence) as one more factor where given."""
     images = torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2).to(device)
-    s = images.shape[0]
-    lens = optics.Lens(*(torch.full((s,), float(v), device=device) for v in (stack.focal_length, stack.f_number, stack.pixel_size)))
     focus = torch.from_numpy(stack.focus_distances.astype(np.float32)).to(device)
-    out = model(images, focus, lens)
+    out = model(images, focus, stack.lens)  # one lens for every slice
     prior_args = tuple(torch.from_numpy(p.astype(np.float32)).to(device) for p in prior) if prior is not None else ()
     fused = model.fuse(out["log_likelihood"], *prior_args)
     return {"coc": out["coc"].cpu().numpy(), "depth": out["depth"].cpu().numpy(), "fused": fused.cpu().numpy()}
