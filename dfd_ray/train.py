@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -71,10 +71,12 @@ class TrainConfig:
         require(all(s >= 1 for s in self.lr_decay_at), "lr_decay_at", f"steps must be >= 1, got {self.lr_decay_at}")
         require(all(v >= 0 for v in self.loss.__dict__.values()) and any(v > 0 for v in self.loss.__dict__.values()),
                 "loss", f"weights must be >= 0 and one at least > 0, got {self.loss}")
-        if not self.renderer.splat_store and self.out != MISSING:
-            self.renderer.splat_store = self.splats or storage.join(self.out, "splats")
-        if not self.renderer.data and self.data != MISSING:
-            self.renderer.data = self.data
+
+    def renderer_config(self) -> RendererPoolConfig:
+        """The pool's config as the run uses it: its splat store and data default to the run's
+        (`splats`, else `<out>/splats`; `data`). The config itself stays as given (and as saved)."""
+        return replace(self.renderer, splat_store=self.renderer.splat_store or self.splats
+                                   or storage.join(self.out, "splats"), data=self.renderer.data or self.data)
 
     def uses_renderer(self) -> bool:
         """Whether a term needs the renderer pool (and so a splat fit of every training scene)."""
@@ -212,7 +214,7 @@ def run(cfg: TrainConfig) -> dict:
         else:
             prior_depths = gt_depths(prefix)
         if cfg.uses_renderer():
-            pool = RendererPool(cfg.renderer)
+            pool = RendererPool(cfg.renderer_config())
         dataset = streaming.ray_dataset(prefix, crop=cfg.crop, seed=cfg.seed, crops_per_pass=cfg.crops_per_pass,
                                         teachers=cfg.supervision == "self")
         storage_path, storage_fs = _storage(cfg.out)

@@ -86,3 +86,14 @@ def test_every_named_experiment_config_loads_for_its_command(path):
             assert all(getattr(held, k) == v for k, v in value.items()), (key, value)
         else:
             assert held == value, (key, held, value)
+
+
+def test_the_renderer_pool_takes_the_runs_store_and_data_without_changing_the_config():
+    from dfd_ray.train import TrainConfig
+
+    cfg = load_config(TrainConfig, ["data=D", "out=O"])
+    assert cfg.renderer.splat_store == "" and cfg.renderer.data == ""  # saved as given
+    assert (cfg.renderer_config().splat_store, cfg.renderer_config().data) == ("O/splats", "D")
+    assert load_config(TrainConfig, ["data=D", "out=O", "splats=S"]).renderer_config().splat_store == "S"
+    own = load_config(TrainConfig, ["data=D", "out=O", "renderer.splat_store=R", "renderer.data=E"])
+    assert (own.renderer_config().splat_store, own.renderer_config().data) == ("R", "E")
