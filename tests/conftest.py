@@ -96,8 +96,8 @@ def model_uri(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(items):
-    """Mark every test that uses the shared Ray session `ray`, so that `-m "not ray"` runs without Ray
-    (tests that start a Ray of their own carry the marker themselves)."""
+    """Mark every test that uses the shared Ray session or the dev cluster's Ray head `ray`, so that
+    `-m "not ray"` runs without Ray (tests that start a Ray of their own carry the marker themselves)."""
     for item in items:
-        if "ray_session" in getattr(item, "fixturenames", ()):
+        if "ray_session" in getattr(item, "fixturenames", ()) or item.get_closest_marker("cluster"):
             item.add_marker(pytest.mark.ray)
