@@ -15,15 +15,14 @@ import torch
 
 from dfd_ray import imaging, losses, optics, streaming
 from dfd_ray.models import DFDModel
-from dfd_ray.services.pool import RemoteRenderLoss
+from dfd_ray.services.pool import RenderLoss, render_requests
 
 
 class Renderer(Protocol):
-    """What the render and prior terms ask of a renderer (`RendererPool`, or `RendererCore` in-process)."""
+    """What the render and prior terms ask of a renderer (`RendererPool`, or `RendererCore` in-process):
+    the priors and the render losses and gradients of one step, in one call (one round trip per actor)."""
 
-    def priors_batch(self, requests: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]: ...
-
-    def render_loss_and_grad_batch(self, requests: list[dict[str, Any]]) -> list[tuple[float, np.ndarray]]: ...
+    def step_batch(self, priors: list[dict[str, Any]], renders: list[dict[str, Any]]) -> tuple[list, list]: ...
 
 
 @dataclass
@@ -81,7 +80,7 @@ def training_step(model: torch.nn.Module, batch: dict, weights: LossWeights, *, 
 
     `batch` is a batch of `dfd_ray.streaming` samples (with teacher maps for `supervision="self"`);
     `renderer` serves the render and prior terms: the Ray pool in training, or one in-process
-    `RendererCore` (both answer `priors_batch` and `render_loss_and_grad_batch`).
+    `RendererCore` (both answer `step_batch`).
     """
     images = batch["images"].float()  # (B, S, 3, h, w) sRGB in [0, 1]
     b, s, _, h, w = images.shape
@@ -111,22 +110,24 @@ def training_step(model: torch.nn.Module, batch: dict, weights: LossWeights, *, 
     if renderer is not None:
         scene_ids = streaming.scene_ids(batch)
         windows = [tuple(int(v) for v in box) for box in batch["crop_box"]]
+        prior_requests = [{"scene_id": sid, "window": win} for sid, win in zip(scene_ids, windows)] if weights.prior > 0 else []
+        coc_sensor = _flip(coc, batch["flipped"]).reshape(b * s, h, w)  # the renderer sees the sensor as it is
+        if weights.render > 0:
+            targets = torch.from_numpy(imaging.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
+            targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
+            renders = render_requests(coc_sensor, targets.reshape(b * s, h, w, 3),
+                                      [sid for sid in scene_ids for _ in range(s)], [win for win in windows for _ in range(s)])
+        else:
+            renders = []
         t0 = time.perf_counter()
-        if weights.prior > 0:
-            priors = renderer.priors_batch([{"scene_id": sid, "window": win} for sid, win in zip(scene_ids, windows)])
+        priors, answers = renderer.step_batch(prior_requests, renders)
+        service_seconds = time.perf_counter() - t0
+        if priors:
             prior_depth = _flip(torch.from_numpy(np.stack([d for d, _ in priors])), batch["flipped"])  # (B, h, w)
             prior_conf = _flip(torch.from_numpy(np.stack([c for _, c in priors])), batch["flipped"])
             terms["prior"] = losses.splat_prior(depth, prior_depth[:, None], prior_conf[:, None], depth_loss)
-        if weights.render > 0:
-            # The renderer sees the sensor as it is: undo the crop's flips on maps and targets.
-            targets = torch.from_numpy(imaging.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
-            targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
-            terms["render"] = RemoteRenderLoss.apply(
-                _flip(coc, batch["flipped"]).reshape(b * s, h, w), renderer,
-                [sid for sid in scene_ids for _ in range(s)], focus.reshape(-1).tolist(),
-                targets.reshape(b * s, h, w, 3), [win for win in windows for _ in range(s)],
-            )
-        service_seconds = time.perf_counter() - t0
+        if answers:
+            terms["render"] = RenderLoss.apply(coc_sensor, answers)
     loss = sum(getattr(weights, k) * v for k, v in terms.items() if getattr(weights, k) > 0)
     logged = {k: float(v.detach()) for k, v in terms.items()} | {"time_service_s": service_seconds}
     if batch["has_depth"].any():  # monitoring only; never a training signal in self-supervision

@@ -46,6 +46,7 @@ def main() -> None:
                 f"data={root}/data", f"out={out}", f"splats={root}/fit/splats", f"steps={args.steps}",
                 f"report_every={half}", f"checkpoint_every={args.steps}", f"num_workers={workers}",
                 f"batch_size={args.batch}", f"crop={args.crop}", "ray_cpus=4", "worker_cpus=0.5",
+                f"crops_per_pass={args.steps}",  # one pass over the few stacks: no Ray Data restarts in the timing
                 "loss.render=10", "loss.prior=5",  # the two terms that go through the renderer service
             ]))
             history = json.load(open(f"{out}/state.json"))["history"]

@@ -10,7 +10,7 @@ import torch
 from dfd_ray import synth
 from dfd_ray.config import load_config
 from dfd_ray.focalstack import write_stacks
-from dfd_ray.services.pool import RemoteRenderLoss, RendererPool
+from dfd_ray.services.pool import RendererPool, RenderLoss, render_requests
 from dfd_ray.services.renderer import RendererPoolConfig
 from dfd_ray.splat import load_splats, render, save_splats
 from tests.splat_helpers import CAM, random_splats
@@ -79,6 +79,19 @@ def test_loss_and_gradient_equal_in_process_autograd(pool, store):
     single = pool.render_loss_and_grad(**{k: v for k, v in requests[0].items()})
     assert single[0] == pytest.approx(got[0][0], rel=1e-6)
 
+    # A training step's priors and render losses together: the same answers, one call per actor.
+    priors = [{"scene_id": r["scene_id"], "window": r["window"]} for r in requests]
+    calls = [s["requests"] for s in pool.stats()]
+    step_priors, step_answers = pool.step_batch(priors, requests)
+    involved = {pool.actor_index(r["scene_id"]) for r in requests}
+    assert [s["requests"] - c for s, c in zip(pool.stats(), calls)] == [int(a in involved) for a in range(len(calls))]
+    for (loss, grad), (want_loss, want_grad) in zip(step_answers, got):
+        assert loss == pytest.approx(want_loss, rel=1e-6)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-9)
+    for (depth, conf), (want_depth, want_conf) in zip(step_priors, pool.priors_batch(priors)):
+        np.testing.assert_array_equal(depth, want_depth)
+        np.testing.assert_array_equal(conf, want_conf)
+
 
 class CocNet(torch.nn.Module):
     """A tiny image → CoC map network, enough to check that weights move the same way."""
@@ -99,7 +112,8 @@ def test_remote_render_loss_steps_like_in_process(pool, store):
     nets = [CocNet(), CocNet()]
     optimisers = [torch.optim.SGD(n.parameters(), lr=10.0) for n in nets]
 
-    loss_remote = RemoteRenderLoss.apply(nets[0](targets), pool, scene_ids, [0.3] * 3, targets)
+    cocs = nets[0](targets)
+    loss_remote = RenderLoss.apply(cocs, pool.render_loss_and_grad_batch(render_requests(cocs, targets, scene_ids)))
     loss_remote.backward()
     optimisers[0].step()
 

@@ -1,7 +1,8 @@
 """The renderer pool: N renderer actors, scenes routed by a stable hash, and the autograd bridge.
 
     pool = RendererPool(cfg)                       # created by the driver
-    loss = RemoteRenderLoss.apply(coc, pool, scene_ids, focus_distances, targets, windows)
+    priors, answers = pool.step_batch(prior_requests, render_requests(coc, targets, scene_ids, windows))
+    loss = RenderLoss.apply(coc, answers)          # one round trip per actor for the whole step
     loss.backward()                                # ordinary PyTorch from here on
 
 Actors restart after a crash (`max_restarts`) and Ray retries the calls that were in flight on
@@ -61,24 +62,35 @@ class RendererPool:
 
     def render_loss_and_grad_batch(self, requests: list[dict[str, Any]]) -> list[tuple[float, np.ndarray]]:
         """One round trip per actor involved; results in request order."""
-        return self._batched("render_loss_and_grad_batch", requests)
+        return self._scattered("render_loss_and_grad_batch", requests)[0]
 
     def priors_batch(self, requests: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """The scene fits' (depth, confidence) for each request's scene and window."""
-        return self._batched("priors_batch", requests)
+        return self._scattered("priors_batch", requests)[0]
 
-    def _batched(self, method: str, requests: list[dict[str, Any]]) -> list:
+    def step_batch(self, priors: list[dict[str, Any]], renders: list[dict[str, Any]]) -> tuple[list, list]:
+        """A training step's renderer work, one round trip per actor for both: the priors of
+        `priors` and the (loss, gradient) of `renders`, each in request order."""
+        return self._scattered("step_batch", priors, renders)
+
+    def _scattered(self, method: str, *request_lists: list[dict[str, Any]]) -> tuple[list, ...]:
+        """Each list's requests sent to their scenes' actors, one `method` call per actor with its
+        share of every list; the answers gathered back into request order, one list per list."""
         import ray
 
-        by_actor: dict[int, list[int]] = defaultdict(list)
-        for i, request in enumerate(requests):
-            by_actor[self.actor_index(request["scene_id"])].append(i)
-        refs = {a: getattr(self.actors[a], method).remote([requests[i] for i in members])
+        by_actor: dict[int, list[list[int]]] = defaultdict(lambda: [[] for _ in request_lists])
+        for k, requests in enumerate(request_lists):
+            for i, request in enumerate(requests):
+                by_actor[self.actor_index(request["scene_id"])][k].append(i)
+        refs = {a: getattr(self.actors[a], method).remote(*[[requests[i] for i in members[k]]
+                                                             for k, requests in enumerate(request_lists)])
                 for a, members in by_actor.items()}
-        results: list = [None] * len(requests)
+        results: tuple[list, ...] = tuple([None] * len(requests) for requests in request_lists)
         for a, members in by_actor.items():
-            for i, result in zip(members, ray.get(refs[a])):
-                results[i] = result
+            answers = ray.get(refs[a])
+            for k, answer in enumerate(answers if len(request_lists) > 1 else (answers,)):
+                for i, result in zip(members[k], answer):
+                    results[k][i] = result
         return results
 
     def stats(self) -> list[dict]:
@@ -93,29 +105,28 @@ class RendererPool:
             ray.kill(a, no_restart=True)
 
 
-class RemoteRenderLoss(torch.autograd.Function):
-    """Mean render loss of B slices re-rendered remotely with predicted CoC maps (B, h, w).
+def render_requests(coc_maps: torch.Tensor, targets: torch.Tensor, scene_ids: list[str],
+                    windows: list[Window] | None = None) -> list[dict[str, Any]]:
+    """Render-loss requests for B slices: predicted CoC maps (B, h, w) [px] and the slices they
+    must reproduce (B, h, w, 3, linear), each in its scene's `window` (None = the whole sensor)."""
+    maps, images = coc_maps.detach().float().cpu().numpy(), targets.detach().float().cpu().numpy()
+    return [{"scene_id": sid, "coc_map": maps[i], "target_image": images[i],
+             "window": None if windows is None else tuple(int(v) for v in windows[i])}
+            for i, sid in enumerate(scene_ids)]
 
-    The forward pass asks the pool for each slice's loss and gradient (one round trip per actor);
-    the backward pass hands that gradient back, scaled by the incoming gradient.
-    """
+
+class RenderLoss(torch.autograd.Function):
+    """The mean render loss of B slices as an autograd node, from the renderer's answers (loss,
+    d loss / d CoC map) to `render_requests(coc_maps, ...)`: the value is their mean, the gradient
+    in coc_maps their gradients / B, scaled by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, coc_maps: torch.Tensor, pool: RendererPool, scene_ids: list[str],
-                focus_distances: list[float], targets: torch.Tensor, windows: list[Window] | None = None) -> torch.Tensor:
-        maps = coc_maps.detach().float().cpu().numpy()
-        images = targets.detach().float().cpu().numpy()
-        requests = [
-            {"scene_id": sid, "focus_distance": float(s), "coc_map": maps[i], "target_image": images[i],
-             "window": None if windows is None else tuple(int(v) for v in windows[i])}
-            for i, (sid, s) in enumerate(zip(scene_ids, focus_distances))
-        ]
-        results = pool.render_loss_and_grad_batch(requests)
-        grads = torch.from_numpy(np.stack([g for _, g in results])).to(coc_maps.device, coc_maps.dtype)
+    def forward(ctx, coc_maps: torch.Tensor, answers: list[tuple[float, np.ndarray]]) -> torch.Tensor:
+        grads = torch.from_numpy(np.stack([g for _, g in answers])).to(coc_maps.device, coc_maps.dtype)
         ctx.save_for_backward(grads)
-        return torch.tensor(float(np.mean([l for l, _ in results])), dtype=coc_maps.dtype, device=coc_maps.device)
+        return torch.tensor(float(np.mean([l for l, _ in answers])), dtype=coc_maps.dtype, device=coc_maps.device)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (grads,) = ctx.saved_tensors
-        return grad_output * grads / grads.shape[0], None, None, None, None, None
+        return grad_output * grads / grads.shape[0], None

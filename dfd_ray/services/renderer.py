@@ -221,6 +221,11 @@ class RendererCore:
                 out.append((np.ones((h, w), np.float32), np.zeros((h, w), np.float32)))
         return out
 
+    def step_batch(self, priors: list[dict], renders: list[dict]) -> tuple[list, list]:
+        """A training step's work for this actor in one call: `priors_batch(priors)` and
+        `render_loss_and_grad_batch(renders)`; either list may be empty."""
+        return self._timed(lambda: (self._priors_batch(priors), self._loss_and_grad_batch(renders) if renders else []))
+
     # --- operator view ------------------------------------------------------------------------
 
     def stats(self) -> dict:
