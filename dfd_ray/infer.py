@@ -195,6 +195,20 @@ class DepthPredictor:
         return out
 
 
+class PhotoPipeline(DepthPredictor):
+    """decode → predict → write in one actor, for CPU-only clusters: there the three stages share
+    the same cores anyway, and one process per replica (instead of decode and write task workers
+    beside the actors, each starting Python and importing the libraries) leaves the CPUs to the
+    model (docs/benchmarks.md, batch inference). Every row ends as in the staged pipeline."""
+
+    def __init__(self, decode_kwargs: dict, write_kwargs: dict, **predictor_kwargs) -> None:
+        super().__init__(**predictor_kwargs)
+        self.decode_kwargs, self.write_kwargs = decode_kwargs, write_kwargs
+
+    def __call__(self, batch: dict) -> dict:
+        return write_outputs(super().__call__(decode(batch, **self.decode_kwargs)), **self.write_kwargs)
+
+
 def _write_table(rows: list[dict], schema: pa.Schema, folder: str, run_id: str) -> None:
     if rows:
         buf = io.BytesIO()
@@ -350,17 +364,21 @@ def _dataset(cfg: InferConfig, kind: str, todo: list[str], done: frozenset, mani
         ds = ray.data.read_parquet(paths, filesystem=arrow_fs, include_paths=True, num_cpus=cfg.task_cpus).select_columns(
             ["path", "scene_id", "images", "focus_distances", "focal_length", "f_number", "pixel_size"])
         ds = ds.flat_map(stack_slices, fn_kwargs={"input_prefix": cfg.input, "done": done}, num_cpus=cfg.task_cpus)
-    defaults = {k: getattr(cfg.camera, k) for k in photos.CAMERA_KEYS}
-    ds = ds.map_batches(decode, batch_size=None, num_cpus=cfg.task_cpus,
-                        fn_kwargs={"input_prefix": cfg.input, "manifest": manifest, "defaults": defaults}, **env)
-    ds = ds.map_batches(DepthPredictor, batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-                        num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus if use_gpu else 0,
-                        fn_constructor_kwargs={"model_uri": cfg.model, "tile": cfg.tile, "overlap": cfg.overlap,
-                                               "batch_size": cfg.batch_size, "device": "cuda" if use_gpu else "cpu",
-                                               "threads": max(1, round(cfg.actor_cpus))},
-                        **env)
-    return ds.map_batches(write_outputs, batch_size=cfg.io_batch, num_cpus=cfg.task_cpus,
-                          fn_kwargs={"out": cfg.out, "run_id": run_id, "model_id": model_id}, **env)
+    decode_kwargs = {"input_prefix": cfg.input, "manifest": manifest,
+                     "defaults": {k: getattr(cfg.camera, k) for k in photos.CAMERA_KEYS}}
+    write_kwargs = {"out": cfg.out, "run_id": run_id, "model_id": model_id}
+    predictor_kwargs = {"model_uri": cfg.model, "tile": cfg.tile, "overlap": cfg.overlap, "batch_size": cfg.batch_size,
+                        "device": "cuda" if use_gpu else "cpu", "threads": max(1, round(cfg.actor_cpus))}
+    pool = ray.data.ActorPoolStrategy(size=cfg.num_actors)
+    if not use_gpu:  # one process per replica does all three stages
+        return ds.map_batches(PhotoPipeline, batch_size=cfg.io_batch, compute=pool, num_cpus=cfg.actor_cpus,
+                              fn_constructor_kwargs={"decode_kwargs": decode_kwargs, "write_kwargs": write_kwargs,
+                                                     **predictor_kwargs}, **env)
+    # On GPUs the CPU stages run beside the model, so that the GPU waits for neither.
+    ds = ds.map_batches(decode, batch_size=None, num_cpus=cfg.task_cpus, fn_kwargs=decode_kwargs, **env)
+    ds = ds.map_batches(DepthPredictor, batch_size=cfg.batch_size, compute=pool, num_cpus=cfg.actor_cpus,
+                        num_gpus=cfg.actor_gpus, fn_constructor_kwargs=predictor_kwargs, **env)
+    return ds.map_batches(write_outputs, batch_size=cfg.io_batch, num_cpus=cfg.task_cpus, fn_kwargs=write_kwargs, **env)
 
 
 def _fuse_scenes(cfg: InferConfig, manifest: pa.Table, run_id: str) -> int:
