@@ -19,3 +19,9 @@ def gaussian_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     c = x.shape[1]
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def local_variance(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Per-pixel variance of (N, C, H, W) in a Gaussian window of σ `sigma_px`: the local contrast
+    that tells where an image has detail for blur to act on."""
+    return gaussian_blur((x - gaussian_blur(x, sigma_px)) ** 2, sigma_px).clamp_min(0)

@@ -155,9 +155,10 @@ def run(cfg: FitJobConfig) -> dict:
                 scene_id = pending[ready[0]]
                 try:
                     item = ray.get(next(ready[0]))
-                except StopIteration:
+                except StopIteration:  # cannot happen while fit_task ends on its record; never lose the scene
                     pending.pop(ready[0])
-                    continue
+                    failed.append({"scene_id": scene_id, "error": "the fitting task ended without a record"})
+                    status = f"FAILED {failed[-1]['error']}"
                 except Exception as exc:  # one bad scene must not sink the job
                     pending.pop(ready[0])
                     failed.append({"scene_id": scene_id, "error": str(exc).splitlines()[-1]})

@@ -111,14 +111,13 @@ def training_step(model: torch.nn.Module, batch: dict, weights: LossWeights, *, 
         scene_ids = streaming.scene_ids(batch)
         windows = [tuple(int(v) for v in box) for box in batch["crop_box"]]
         prior_requests = [{"scene_id": sid, "window": win} for sid, win in zip(scene_ids, windows)] if weights.prior > 0 else []
-        coc_sensor = _flip(coc, batch["flipped"]).reshape(b * s, h, w)  # the renderer sees the sensor as it is
+        renders = []
         if weights.render > 0:
+            coc_sensor = _flip(coc, batch["flipped"]).reshape(b * s, h, w)  # the renderer sees the sensor as it is
             targets = torch.from_numpy(imaging.srgb_to_linear(images.permute(0, 1, 3, 4, 2).numpy()))
             targets = _flip(targets.permute(0, 1, 4, 2, 3), batch["flipped"]).permute(0, 1, 3, 4, 2)
             renders = render_requests(coc_sensor, targets.reshape(b * s, h, w, 3),
                                       [sid for sid in scene_ids for _ in range(s)], [win for win in windows for _ in range(s)])
-        else:
-            renders = []
         t0 = time.perf_counter()
         priors, answers = renderer.step_batch(prior_requests, renders)
         service_seconds = time.perf_counter() - t0

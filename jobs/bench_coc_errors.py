@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dfd_ray import focalstack
-from dfd_ray.filters import gaussian_blur
+from dfd_ray.filters import local_variance
 from dfd_ray.models.store import load_model
 
 CONTRAST_BINS = (0.0, 0.01, 0.03, 0.1, 0.3, np.inf)
@@ -30,8 +30,7 @@ def local_contrast(aif: np.ndarray, sigma_px: float = 2.0) -> np.ndarray:
     scale = 65535.0 if aif.dtype == np.uint16 else 255.0
     lum = torch.from_numpy(aif.astype(np.float32) / scale)
     lum = (lum.mean(-1) if lum.dim() == 3 else lum)[None, None]
-    mean = gaussian_blur(lum, sigma_px)
-    return (gaussian_blur(lum**2, sigma_px) - mean**2).clamp_min(0).sqrt()[0, 0].numpy()
+    return local_variance(lum, sigma_px).sqrt()[0, 0].numpy()
 
 
 def coc_errors(model, prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -46,21 +46,14 @@ def _subprocess_step(cmd: list[str], timeout_s: float, env: dict[str, str]) -> d
 
 
 def compile_gsplat() -> dict:
-    """Render one small scene through gsplat: its first CUDA call compiles the kernels."""
+    """Render one small scene (the renderer benchmark's) through gsplat: its first CUDA call
+    compiles the kernels."""
     import torch
 
-    from dfd_ray import optics
-    from dfd_ray.splat import Camera, SceneSplats, render
+    from bench_render import scene  # jobs/ is this script's folder
+    from dfd_ray.splat import render
 
-    n = 1024
-    g = torch.Generator().manual_seed(0)
-    cam = Camera.from_lens(optics.get_preset("fod500").lens, 64, 64)
-    z = 0.2 + 0.3 * torch.rand(n, generator=g)
-    u, v = torch.rand(n, generator=g) * 64, torch.rand(n, generator=g) * 64
-    means = torch.stack([(u - cam.cx) * z / cam.fx, (v - cam.cy) * z / cam.fy, z], -1)
-    splats = SceneSplats(means, torch.log(z[:, None] / cam.fx * 2.0).expand(n, 3).clone(), torch.randn(n, 4, generator=g),
-                         torch.randn(n, generator=g) + 2, torch.rand(n, 3, generator=g), cam).to("cuda")
-    out = render(splats, focus_distance=torch.tensor([0.3], device="cuda"), backend="gsplat")
+    out = render(scene(1024, 64, "cuda"), focus_distance=torch.tensor([0.3], device="cuda"), backend="gsplat")
     torch.cuda.synchronize()
     return {"image_shape": list(out.image.shape), "finite": bool(torch.isfinite(out.image).all())}
 

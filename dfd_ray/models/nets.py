@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfd_ray import optics
-from dfd_ray.filters import gaussian_blur
+from dfd_ray.filters import gaussian_blur, local_variance
 
 ARCH = "lens-posterior-v2"
 LOGIT_CAP = 30.0  # |near_logit| bound: sigmoid(30) is 1 to float precision  # written to model.json; a model of another architecture fails to load by name
@@ -71,8 +71,7 @@ def blur_bands(image: torch.Tensor, sigmas_px: tuple[float, ...], contrast_sigma
     `eps` (in units of full scale, about the sensor noise) keeps flat regions from being amplified."""
     y = image.mean(1, keepdim=True)
     levels = [y] + [gaussian_blur(y, s) for s in sigmas_px]
-    mean = gaussian_blur(y, contrast_sigma_px)
-    std = torch.sqrt(gaussian_blur((y - mean) ** 2, contrast_sigma_px).clamp_min(0) + eps**2)
+    std = torch.sqrt(local_variance(y, contrast_sigma_px) + eps**2)
     return torch.cat([levels[k] - levels[k + 1] for k in range(len(sigmas_px))], dim=1) / std
 
 

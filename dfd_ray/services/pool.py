@@ -62,35 +62,30 @@ class RendererPool:
 
     def render_loss_and_grad_batch(self, requests: list[dict[str, Any]]) -> list[tuple[float, np.ndarray]]:
         """One round trip per actor involved; results in request order."""
-        return self._scattered("render_loss_and_grad_batch", requests)[0]
+        return self.step_batch([], requests)[1]
 
     def priors_batch(self, requests: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """The scene fits' (depth, confidence) for each request's scene and window."""
-        return self._scattered("priors_batch", requests)[0]
+        return self.step_batch(requests, [])[0]
 
     def step_batch(self, priors: list[dict[str, Any]], renders: list[dict[str, Any]]) -> tuple[list, list]:
         """A training step's renderer work, one round trip per actor for both: the priors of
         `priors` and the (loss, gradient) of `renders`, each in request order."""
-        return self._scattered("step_batch", priors, renders)
-
-    def _scattered(self, method: str, *request_lists: list[dict[str, Any]]) -> tuple[list, ...]:
-        """Each list's requests sent to their scenes' actors, one `method` call per actor with its
-        share of every list; the answers gathered back into request order, one list per list."""
         import ray
 
-        by_actor: dict[int, list[list[int]]] = defaultdict(lambda: [[] for _ in request_lists])
+        request_lists = (priors, renders)
+        by_actor: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
         for k, requests in enumerate(request_lists):
             for i, request in enumerate(requests):
                 by_actor[self.actor_index(request["scene_id"])][k].append(i)
-        refs = {a: getattr(self.actors[a], method).remote(*[[requests[i] for i in members[k]]
-                                                             for k, requests in enumerate(request_lists)])
+        refs = {a: self.actors[a].step_batch.remote(*[[requests[i] for i in members[k]]
+                                                      for k, requests in enumerate(request_lists)])
                 for a, members in by_actor.items()}
-        results: tuple[list, ...] = tuple([None] * len(requests) for requests in request_lists)
+        results = ([None] * len(priors), [None] * len(renders))
         for a, members in by_actor.items():
-            answers = ray.get(refs[a])
-            for k, answer in enumerate(answers if len(request_lists) > 1 else (answers,)):
-                for i, result in zip(members[k], answer):
-                    results[k][i] = result
+            for k, answers in enumerate(ray.get(refs[a])):
+                for i, answer in zip(members[k], answers):
+                    results[k][i] = answer
         return results
 
     def stats(self) -> list[dict]:

@@ -224,7 +224,7 @@ class RendererCore:
     def step_batch(self, priors: list[dict], renders: list[dict]) -> tuple[list, list]:
         """A training step's work for this actor in one call: `priors_batch(priors)` and
         `render_loss_and_grad_batch(renders)`; either list may be empty."""
-        return self._timed(lambda: (self._priors_batch(priors), self._loss_and_grad_batch(renders) if renders else []))
+        return self._timed(lambda: (self._priors_batch(priors), self._loss_and_grad_batch(renders)))
 
     # --- operator view ------------------------------------------------------------------------
 
