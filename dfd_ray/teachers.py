@@ -100,9 +100,9 @@ def stack_depth(stack: FocalStack) -> tuple[np.ndarray, np.ndarray]:
     return depth.astype(np.float32), (np.clip(dff_conf, 0, 1) * np.exp(-disagreement_px / AGREEMENT_PX)).astype(np.float32)
 
 
-def stack_teacher(stack: FocalStack, splat_store: str = "") -> dict:
-    """One stack's sidecar row: the splat fit's depth and confidence where `splat_store` holds the
-    scene, else the classical stack depth (`stack_depth`)."""
+def teacher_maps(stack: FocalStack, splat_store: str = "") -> tuple[np.ndarray, np.ndarray, str]:
+    """(depth (H, W) m, confidence (H, W), source) of one stack: the splat fit's where `splat_store`
+    holds the scene ("splat"), else the classical stack depth ("stack", `stack_depth`)."""
     depth = confidence = None
     if splat_store:
         from dfd_ray.splat.scene import load_splats, splat_uri
@@ -115,6 +115,12 @@ def stack_teacher(stack: FocalStack, splat_store: str = "") -> dict:
     if depth is None:
         depth, confidence = stack_depth(stack)
         source = "stack"
+    return depth, confidence, source
+
+
+def stack_teacher(stack: FocalStack, splat_store: str = "") -> dict:
+    """One stack's sidecar row (`teacher_maps`, encoded)."""
+    depth, confidence, source = teacher_maps(stack, splat_store)
     if depth.shape != (stack.height, stack.width):
         raise DatasetError(f"scene {stack.scene_id!r}: teacher depth is {depth.shape}, the stack "
                            f"{stack.height}x{stack.width}")

@@ -1,6 +1,6 @@
 """Benchmark: where a model's defocus maps go wrong, on held-out stacks with GT depth and AIF.
 
-    python jobs/bench_coc_errors.py --data D [--model URI] [--split test]
+    python jobs/bench_coc_errors.py --data D [--model URI | --teacher [--splats STORE]] [--split test] [--stacks N]
 
 Every slice of every stack predicted on its own; per valid GT pixel the CoC error (predicted -
 GT CoC through the thin lens, pixels), binned two ways and printed as tables:
@@ -8,6 +8,9 @@ GT CoC through the thin lens, pixels), binned two ways and printed as tables:
   Gaussian window of sigma 2 px): how much blur a pixel can show at all;
 - by the GT CoC: in focus (< 0.5 px) to strongly blurred.
 The AIF is read for this diagnosis only; nothing trains on it. Without `--model`: the shipped model.
+`--teacher` scores the training teacher instead of a model (`teachers.teacher_maps`, what `dfd-ray
+train` learns from: the splat fit's depth for scenes in `--splats`, else the classical stack
+depth), with a second MAE column weighted by the teacher's confidence.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 
 from dfd_ray import focalstack
+from dfd_ray.teachers import teacher_maps
 from dfd_ray.filters import local_variance
 from dfd_ray.models.store import load_model
 
@@ -33,32 +37,57 @@ def local_contrast(aif: np.ndarray, sigma_px: float = 2.0) -> np.ndarray:
     return local_variance(lum, sigma_px).sqrt()[0, 0].numpy()
 
 
-def coc_errors(model, prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(signed CoC error, AIF contrast, GT CoC) over every valid GT pixel of every slice."""
-    errors, contrasts, gt_cocs = [], [], []
-    for stack in focalstack.read_stacks(prefix):
+def model_cocs(model):
+    """A stack → its CoC maps (S, H, W) px predicted slice by slice, and no weights."""
+    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, None]:
+        with torch.no_grad():
+            out = model(torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2),
+                        torch.from_numpy(stack.focus_distances.astype(np.float32)), stack.lens)
+        return out["coc"].numpy(), None
+    return predict
+
+
+def teacher_cocs(splat_store: str):
+    """A stack → its teacher's CoC maps (S, H, W) px through the thin lens, and its confidence per slice."""
+    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, np.ndarray]:
+        depth, conf, _ = teacher_maps(stack, splat_store)
+        cocs = np.stack([stack.lens.coc_px(depth, float(s)) for s in stack.focus_distances])
+        return cocs, np.broadcast_to(conf, cocs.shape)
+    return predict
+
+
+def coc_errors(predict, prefix: str, max_stacks: int = 0) -> tuple[np.ndarray, ...]:
+    """(signed CoC error, AIF contrast, GT CoC, weight) over every valid GT pixel of every slice
+    of the first `max_stacks` stacks (0: all)."""
+    errors, contrasts, gt_cocs, weights = [], [], [], []
+    for n, stack in enumerate(focalstack.read_stacks(prefix)):
+        if max_stacks and n >= max_stacks:
+            break
         if stack.depth is None or stack.aif is None:
             raise SystemExit(f"{stack.scene_id}: needs GT depth and an AIF image")
         valid = stack.depth > 0
         contrast = local_contrast(stack.aif)
-        with torch.no_grad():
-            out = model(torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2),
-                        torch.from_numpy(stack.focus_distances.astype(np.float32)), stack.lens)
+        cocs, conf = predict(stack)
         for k, s in enumerate(stack.focus_distances):
             gt_coc = stack.lens.coc_px(np.where(valid, stack.depth, 1.0), float(s))
-            errors.append((out["coc"][k].numpy() - gt_coc)[valid])
+            errors.append((cocs[k] - gt_coc)[valid])
             contrasts.append(contrast[valid])
             gt_cocs.append(gt_coc[valid])
-    return tuple(np.concatenate(x) for x in (errors, contrasts, gt_cocs))
+            weights.append((np.ones_like(gt_coc) if conf is None else conf[k])[valid])
+    return tuple(np.concatenate(x) for x in (errors, contrasts, gt_cocs, weights))
 
 
-def table(title: str, unit: str, key: np.ndarray, bins: tuple[float, ...], error: np.ndarray) -> str:
-    lines = [f"| {title} | share of pixels | CoC MAE [px] | mean error (bias) [px] |", "|---|---|---|---|"]
-    for lo, hi in zip(bins[:-1], bins[1:]):
-        m = (key >= lo) & (key < hi)
+def table(title: str, unit: str, key: np.ndarray, bins: tuple[float, ...], error: np.ndarray,
+          weight: np.ndarray | None = None) -> str:
+    """Markdown table of the error binned by `key`; with `weight`, a weighted-MAE column too."""
+    extra = " weighted MAE [px] |" if weight is not None else ""
+    lines = [f"| {title} | share of pixels | CoC MAE [px] | mean error (bias) [px] |{extra}",
+             "|---|---|---|---|" + ("---|" if weight is not None else "")]
+    rows = [(f"{lo:g}–{hi:g}{unit}", (key >= lo) & (key < hi)) for lo, hi in zip(bins[:-1], bins[1:])]
+    for name, m in rows + [("all", np.ones_like(key, dtype=bool))]:
         if m.any():
-            lines.append(f"| {lo:g}–{hi:g}{unit} | {m.mean():.3f} | {np.abs(error[m]).mean():.3f} | {error[m].mean():+.3f} |")
-    lines.append(f"| all | 1.000 | {np.abs(error).mean():.3f} | {error.mean():+.3f} |")
+            cell = f" {np.average(np.abs(error[m]), weights=weight[m] + 1e-12):.3f} |" if weight is not None else ""
+            lines.append(f"| {name} | {m.mean():.3f} | {np.abs(error[m]).mean():.3f} | {error[m].mean():+.3f} |{cell}")
     return "\n".join(lines)
 
 
@@ -66,13 +95,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset root or split prefix")
     parser.add_argument("--model", default="", help="model URI (default: the shipped model)")
+    parser.add_argument("--teacher", action="store_true", help="score the stack teacher instead of a model")
+    parser.add_argument("--splats", default="", help="with --teacher: a splat store whose fits teach")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--stacks", type=int, default=0, help="score the first N stacks only (0: all)")
     args = parser.parse_args()
-    model, _ = load_model(args.model)
-    error, contrast, gt_coc = coc_errors(model.eval(), focalstack.split_prefix(args.data, args.split))
-    print(table("AIF local contrast", "", contrast, CONTRAST_BINS, error))
+    predict = teacher_cocs(args.splats) if args.teacher else model_cocs(load_model(args.model)[0].eval())
+    error, contrast, gt_coc, weight = coc_errors(predict, focalstack.split_prefix(args.data, args.split), args.stacks)
+    weight = weight if args.teacher else None
+    print(table("AIF local contrast", "", contrast, CONTRAST_BINS, error, weight))
     print()
-    print(table("GT CoC", " px", gt_coc, COC_BINS_PX, error))
+    print(table("GT CoC", " px", gt_coc, COC_BINS_PX, error, weight))
 
 
 if __name__ == "__main__":

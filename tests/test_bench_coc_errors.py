@@ -1,0 +1,46 @@
+"""The CoC-error diagnosis job: its tables by hand, and its teacher mode against the teacher."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfd_ray import focalstack, synth, teachers
+from dfd_ray.config import load_config
+
+SCRIPT = Path(__file__).resolve().parent.parent / "jobs" / "bench_coc_errors.py"
+
+
+@pytest.fixture(scope="module")
+def job():
+    spec = importlib.util.spec_from_file_location("bench_coc_errors", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_bins_shares_biases_and_weighted_errors(job):
+    key = np.array([0.2, 0.4, 1.5, 3.0])
+    error = np.array([1.0, -0.5, 0.25, 2.0])
+    weight = np.array([1.0, 0.0, 1.0, 1.0])
+    rows = job.table("GT CoC", " px", key, (0.0, 0.5, 2.0, np.inf), error, weight).splitlines()
+    assert rows[2] == "| 0–0.5 px | 0.500 | 0.750 | +0.250 | 1.000 |"  # the second pixel weighs 0
+    assert rows[3] == "| 0.5–2 px | 0.250 | 0.250 | +0.250 | 0.250 |"
+    assert rows[-1] == "| all | 1.000 | 0.938 | +0.688 | 1.083 |"
+    assert "weighted" not in job.table("GT CoC", " px", key, (0.0, np.inf), error).splitlines()[0]
+
+
+def test_teacher_mode_scores_the_teachers_coc_through_the_lens(job, tmp_path):
+    synth.run(load_config(synth.SynthConfig, [f"out={tmp_path}", "n_scenes=0", "n_test=2", "height=32",
+                                              "width=32", "seed=3"]))
+    prefix = focalstack.split_prefix(str(tmp_path), "test")
+    error, _, gt_coc, weight = job.coc_errors(job.teacher_cocs(""), prefix, max_stacks=1)
+    stack = next(iter(focalstack.read_stacks(prefix)))
+    depth, conf, source = teachers.teacher_maps(stack)
+    assert source == "stack"
+    valid = stack.depth > 0
+    expected = np.concatenate([(stack.lens.coc_px(depth, float(s)) - stack.lens.coc_px(stack.depth, float(s)))[valid]
+                               for s in stack.focus_distances])
+    np.testing.assert_allclose(error, expected, atol=1e-5)
+    np.testing.assert_allclose(weight, np.tile(conf[valid], len(stack.focus_distances)))
