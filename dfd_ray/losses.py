@@ -81,6 +81,29 @@ def coc_teacher(coc: torch.Tensor, scale: torch.Tensor, target: torch.Tensor,
     return _weighted_mean(err, confidence), _weighted_mean(err.detach() / scale + torch.log(scale), confidence)
 
 
+def posterior_nll(log_posterior: torch.Tensor, inverse_depths: torch.Tensor, target_depth: torch.Tensor,
+                  confidence: torch.Tensor) -> torch.Tensor:
+    """Confidence-weighted negative log-probability of the teacher's depth under the depth posterior.
+
+    log_posterior (..., K, H, W) over the descending inverse-depth grid `inverse_depths` (K,) [1/m]
+    (normalised here); target_depth and confidence (..., H, W), depth in metres (clamped to the
+    grid). The target's probability is read between its two neighbouring bins, linearly in
+    inverse depth, so the loss moves smoothly with the target. Unlike an L1 on the CoC, whose
+    target G |u_t - 1/s| folds a teacher's depth noise into a positive CoC near the focus plane
+    (the conditional median of a folded noise is > 0), this is minimised by the posterior that
+    matches the teacher's spread in inverse depth on both sides of the plane (docs/design.md §8).
+    """
+    log_p = torch.log_softmax(log_posterior, dim=-3)
+    k = inverse_depths.numel()
+    u = (1.0 / target_depth).clamp(float(inverse_depths[-1]), float(inverse_depths[0]))
+    position = (inverse_depths[0] - u) / (inverse_depths[0] - inverse_depths[-1]) * (k - 1)  # 0 .. K-1
+    lo = position.floor().long().clamp(max=k - 2)
+    frac = (position - lo).unsqueeze(-3)
+    pair = log_p.gather(-3, torch.stack([lo, lo + 1], dim=-3))
+    nll = -((1 - frac) * pair[..., :1, :, :] + frac * pair[..., 1:, :, :]).squeeze(-3)
+    return _weighted_mean(nll, confidence)
+
+
 def side_teacher(near_logit: torch.Tensor, near: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weighted binary cross-entropy of a log-odds of being in front of the focus plane against
     the teacher's side `near` (1 in front, 0 behind)."""

@@ -32,6 +32,7 @@ class LossWeights:
 
     teacher_coc: float = 1.0  # SDNet's CoC vs the teacher's through the thin lens (pixels), confidence-weighted
     teacher_scale: float = 0.1  # Laplace likelihood of SDNet's predicted CoC error scale
+    teacher_nll: float = 0.0  # -log posterior of the teacher's depth (trains CoC, scale and side as one density)
     side: float = 0.2  # the posterior's side of the focus plane vs the teacher's (cross-entropy; trains the side net)
     lens_coc: float = 0.1  # Siamese: each slice's CoC vs the other slices' depths (pixels)
     lens_depth: float = 0.05  # Siamese: one scene, one depth (log metres)
@@ -99,6 +100,13 @@ def training_step(model: torch.nn.Module, batch: dict, weights: LossWeights, *, 
     terms: dict[str, torch.Tensor] = {}
     terms["teacher_coc"], terms["teacher_scale"] = losses.coc_teacher(
         coc, out["coc_scale"].reshape(b, s, h, w), teacher["coc"], teacher["weight"])
+    if weights.teacher_nll > 0:
+        depthnet = model_module(model).depthnet
+        log_post = out["log_likelihood"] + depthnet.log_prior.view(-1, 1, 1)
+        target = (batch["depth"] if supervision == "gt" else batch["teacher_depth"]).float()  # (B, 1, h, w)
+        terms["teacher_nll"] = losses.posterior_nll(
+            log_post.reshape(b, s, -1, h, w), depthnet.inverse_depths,
+            torch.where(target > 0, target, torch.ones_like(target)).expand(b, s, h, w), teacher["weight"])
     two_sided = model_module(model).depthnet.has_both_sides(focus.reshape(-1)).reshape(b, s, 1, 1).float()
     terms["side"] = losses.side_teacher(out["near_logit"].reshape(b, s, h, w), teacher["near"],
                                         teacher["side_weight"] * two_sided)

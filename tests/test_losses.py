@@ -66,3 +66,41 @@ def test_smoothness_is_zero_for_a_flat_map_and_cheaper_across_an_image_edge():
     flat_image = float(losses.edge_aware_smoothness(step, image))
     image[..., 2:] = 1.0  # the image jumps there too
     assert float(losses.edge_aware_smoothness(step, image)) == pytest.approx(flat_image * np.exp(-10))
+
+
+def test_posterior_nll_reads_the_target_between_bins_and_weighs_by_confidence():
+    u = torch.linspace(10.0, 1.0 / 3, 128)
+    log_post = torch.randn(2, 128, 3, 4)
+    log_p = torch.log_softmax(log_post, 1)
+    conf = torch.ones(2, 3, 4)
+    at_bin = losses.posterior_nll(log_post, u, torch.full((2, 3, 4), 1.0 / float(u[5])), conf)
+    assert float(at_bin) == pytest.approx(float(-log_p[:, 5].mean()), rel=1e-5)
+    halfway = losses.posterior_nll(log_post, u, torch.full((2, 3, 4), 2.0 / float(u[5] + u[6])), conf)
+    assert float(halfway) == pytest.approx(float(-(log_p[:, 5] + log_p[:, 6]).mean() / 2), rel=1e-5)
+    conf[0] = 0.0
+    assert float(losses.posterior_nll(log_post, u, torch.full((2, 3, 4), 1.0 / float(u[5])), conf)) == \
+        pytest.approx(float(-log_p[1, 5].mean()), rel=1e-5)
+
+
+def test_posterior_nll_does_not_fold_depth_noise_into_blur_at_the_focus_plane():
+    """A teacher whose inverse depth scatters symmetrically around the focus plane: an L1 on its
+    CoC is minimised by a CoC of 0.67 σ G (the median of the folded noise), the posterior NLL by a CoC at most
+    half that (a Laplace around c is not a Gaussian, so its best fit to a Gaussian spread is not
+    exactly c = 0)."""
+    from dfd_ray.models.nets import DepthNet, ModelConfig
+
+    net = DepthNet(ModelConfig())
+    s, gain, sigma_u = 0.5, 0.7, 0.6  # m, px·m, 1/m
+    target_u = 1.0 / s + sigma_u * torch.randn(1, 1, 4000, generator=torch.Generator().manual_seed(0))
+    target_coc = gain * (target_u - 1.0 / s).abs()
+    cocs = torch.linspace(0.0, 1.0, 21)
+    l1 = [float((target_coc - c).abs().mean()) for c in cocs]
+    focus, g = torch.tensor([s]), torch.tensor([gain])
+    nll = []
+    for c in cocs:
+        best = min(float(losses.posterior_nll(
+            net.coc_log_likelihood(torch.full((1, 1, 4000), float(c)), torch.full((1, 1, 4000), b), focus, g),
+            net.inverse_depths, 1.0 / target_u, torch.ones(1, 1, 4000))) for b in (0.1, 0.2, 0.3, 0.4, 0.6))
+        nll.append(best)
+    assert float(cocs[int(np.argmin(l1))]) == pytest.approx(0.67 * sigma_u * gain, abs=0.06)
+    assert float(cocs[int(np.argmin(nll))]) <= 0.5 * float(cocs[int(np.argmin(l1))])
