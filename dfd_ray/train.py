@@ -186,6 +186,8 @@ def run(cfg: TrainConfig) -> dict:
             read_meta(cfg.init)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"config key 'init': {exc}") from None
+        if storage.is_local(cfg.init):  # the workers do not run in the driver's folder
+            cfg = replace(cfg, init=os.path.abspath(cfg.init.removeprefix("file://")))
     if stacks < cfg.num_workers * cfg.batch_size:
         raise ConfigError(
             f"config key 'num_workers': {prefix} holds {stacks} training stack(s); {cfg.num_workers} workers x "

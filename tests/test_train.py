@@ -90,14 +90,16 @@ def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_se
 
 
 @pytest.mark.slow  # the gt step is tested without Ray (test_train_step), a bad init in the test below
-def test_gt_supervision_needs_no_teachers_or_renderer_and_init_starts_from_a_model(ray_session, tmp_path):
+def test_gt_supervision_needs_no_teachers_or_renderer_and_init_starts_from_a_model(ray_session, tmp_path, monkeypatch):
     data = tmp_path / "data"
     tiny_dataset(data, "n_test=0", "seed=4")
     torch.manual_seed(5)
     save_model(DFDModel(ModelConfig()), str(tmp_path / "start"))
-    # Fine-tuning starts from a model's weights: at a vanishing rate they stay the model's.
+    # Fine-tuning starts from a model's weights: at a vanishing rate they stay the model's. The
+    # model is named relative to the driver's folder, which the workers do not share.
+    monkeypatch.chdir(tmp_path)
     result = train.run(train_cfg(str(data), str(tmp_path / "splats"), tmp_path / "run", "steps=4", "supervision=gt",
-                                 f"init={tmp_path / 'start'}", "lr=1e-12"))
+                                 "init=start", "lr=1e-12"))
     history = _history(tmp_path / "run")
     assert [h["step"] for h in history] == [2, 4] and result["renderer"] == []
     assert not list(data.glob("train/teachers/*")) and not (tmp_path / "splats").exists()
