@@ -85,7 +85,7 @@ def posterior_nll(log_posterior: torch.Tensor, inverse_depths: torch.Tensor, tar
                   confidence: torch.Tensor) -> torch.Tensor:
     """Confidence-weighted negative log-probability of the teacher's depth under the depth posterior.
 
-    log_posterior (..., K, H, W) over the descending inverse-depth grid `inverse_depths` (K,) [1/m]
+    log_posterior (..., K, H, W) over the uniform, descending inverse-depth grid `inverse_depths` (K,) [1/m]
     (normalised here); target_depth and confidence (..., H, W), depth in metres (clamped to the
     grid). The target's probability is read between its two neighbouring bins, linearly in
     inverse depth, so the loss moves smoothly with the target. Unlike an L1 on the CoC, whose

@@ -58,14 +58,14 @@ def teacher_targets(depth: torch.Tensor, conf: torch.Tensor, focus: torch.Tensor
                     gain: torch.Tensor) -> dict[str, torch.Tensor]:
     """A teacher depth map (B, 1, h, w) in metres (0 = none) and its confidence, with each slice's
     focus distance (B, S) [m] and CoC gain (B, S) [px·m, `optics.Lens.gain_px`] → per slice
-    (B, S, h, w): the target CoC (px), the side (1 in front of the focus plane), and the weights
-    of the CoC and side terms."""
+    (B, S, h, w): the target depth (m; 1 where there is none, weighed 0), the target CoC (px), the
+    side (1 in front of the focus plane), and the weights of the CoC and side terms."""
     valid = depth > 0
     d = torch.where(valid, depth, torch.ones_like(depth))
     s = focus[:, :, None, None]
     coc = optics.coc_px_at_inverse_depth(1.0 / d, s, gain[:, :, None, None])
     weight = conf * valid.to(conf.dtype)
-    return {"coc": coc, "near": (d < s).to(d.dtype), "weight": weight.expand_as(coc),
+    return {"depth": d.expand_as(coc), "coc": coc, "near": (d < s).to(d.dtype), "weight": weight.expand_as(coc),
             "side_weight": weight * (coc >= SIDE_MIN_COC_PX).to(coc.dtype)}
 
 
@@ -102,11 +102,8 @@ def training_step(model: torch.nn.Module, batch: dict, weights: LossWeights, *, 
         coc, out["coc_scale"].reshape(b, s, h, w), teacher["coc"], teacher["weight"])
     if weights.teacher_nll > 0:
         depthnet = model_module(model).depthnet
-        log_post = out["log_likelihood"] + depthnet.log_prior.view(-1, 1, 1)
-        target = (batch["depth"] if supervision == "gt" else batch["teacher_depth"]).float()  # (B, 1, h, w)
-        terms["teacher_nll"] = losses.posterior_nll(
-            log_post.reshape(b, s, -1, h, w), depthnet.inverse_depths,
-            torch.where(target > 0, target, torch.ones_like(target)).expand(b, s, h, w), teacher["weight"])
+        terms["teacher_nll"] = losses.posterior_nll(depthnet.log_posterior(out["log_likelihood"]).reshape(b, s, -1, h, w),
+                                                    depthnet.inverse_depths, teacher["depth"], teacher["weight"])
     two_sided = model_module(model).depthnet.has_both_sides(focus.reshape(-1)).reshape(b, s, 1, 1).float()
     terms["side"] = losses.side_teacher(out["near_logit"].reshape(b, s, h, w), teacher["near"],
                                         teacher["side_weight"] * two_sided)

@@ -204,7 +204,7 @@ class DepthNet(nn.Module):
         What the side loss trains: the side net learns the evidence the prior and the CoC do not
         already carry, so nothing is counted twice (a classifier of the side on its own would
         learn the prior's odds again)."""
-        log_post = coc_log_likelihood + self.side_log_likelihood(side_logit, focus_distance) + self.log_prior.view(-1, 1, 1)
+        log_post = self.log_posterior(coc_log_likelihood + self.side_log_likelihood(side_logit, focus_distance))
         near = self._near(focus_distance)
         # Both sides' masses relative to the posterior's peak: the shift cancels in the odds (value
         # and gradient), and the peak's side holds a mass >= 1, so a side that matters (odds within
@@ -221,10 +221,14 @@ class DepthNet(nn.Module):
         near = self._near(focus_distance)[:, :, 0, 0]
         return (near.sum(1) > 0) & (near.sum(1) < near.shape[1])
 
+    def log_posterior(self, log_likelihood: torch.Tensor) -> torch.Tensor:
+        """(..., K, H, W): the log-likelihood plus the depth prior over the grid, unnormalised."""
+        return log_likelihood + self.log_prior.view(-1, 1, 1)
+
     def decode(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
                prior_conf: torch.Tensor | None = None) -> torch.Tensor:
         """Log-likelihood (..., K, H, W) (+ an optional splat depth and confidence (..., H, W)) → depth (..., H, W) m."""
-        log_post = log_likelihood + self.log_prior.view(-1, 1, 1)
+        log_post = self.log_posterior(log_likelihood)
         if prior_depth is not None:
             conf = prior_conf if prior_conf is not None else torch.ones_like(prior_depth)
             t = torch.log(1.0 / self.inverse_depths).view(-1, 1, 1)
