@@ -51,7 +51,8 @@ class EvalConfig:
 @torch.no_grad()
 def predict_slices(model, stack: focalstack.FocalStack, prior: tuple[np.ndarray, np.ndarray] | None = None,
                    device: str = "cpu") -> dict[str, np.ndarray]:
-    """Every slice predicted on its own, (S, H, W) each: coc [px] and depth [m]; and `fused` (H, W) [m]:
+    """Every slice predicted on its own, (S, H, W) each: coc [px] and depth [m], and its
+    log_likelihood (S, K, H, W) over the model's grid; and `fused` (H, W) [m]:
     the depth that best explains all the slices' CoC maps through the lens (`DFDModel.fuse`), with the
     splat `prior` (depth, confidence) as one more factor where given."""
     images = torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2).to(device)
@@ -59,7 +60,8 @@ def predict_slices(model, stack: focalstack.FocalStack, prior: tuple[np.ndarray,
     out = model(images, focus, stack.lens)  # one lens for every slice
     prior_args = tuple(torch.from_numpy(p.astype(np.float32)).to(device) for p in prior) if prior is not None else ()
     fused = model.fuse(out["log_likelihood"], *prior_args)
-    return {"coc": out["coc"].cpu().numpy(), "depth": out["depth"].cpu().numpy(), "fused": fused.cpu().numpy()}
+    return {"coc": out["coc"].cpu().numpy(), "depth": out["depth"].cpu().numpy(), "fused": fused.cpu().numpy(),
+            "log_likelihood": out["log_likelihood"].cpu().numpy()}
 
 
 def _splat_prior(cfg: EvalConfig, stack: focalstack.FocalStack) -> tuple[np.ndarray, np.ndarray] | None:

@@ -20,7 +20,7 @@ from omegaconf import MISSING
 from dfd_ray import focalstack, interrupts, storage, streaming, teachers
 from dfd_ray.config import ConfigError, require, require_choice, save_config
 from dfd_ray.models import DFDModel, ModelConfig, save_model
-from dfd_ray.models.store import load_model, read_meta
+from dfd_ray.models.store import checked_model_uri, load_model
 from dfd_ray.ray_session import ensure_ray
 from dfd_ray.services.pool import RendererPool
 from dfd_ray.services.renderer import RendererPoolConfig
@@ -182,12 +182,7 @@ def run(cfg: TrainConfig) -> dict:
     except focalstack.DatasetError as exc:
         raise ConfigError(f"config key 'data': {exc}") from None
     if cfg.init:
-        try:
-            read_meta(cfg.init)
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(f"config key 'init': {exc}") from None
-        if storage.is_local(cfg.init):  # the workers do not run in the driver's folder
-            cfg = replace(cfg, init=os.path.abspath(cfg.init.removeprefix("file://")))
+        cfg = replace(cfg, init=checked_model_uri(cfg.init, "init"))
     if stacks < cfg.num_workers * cfg.batch_size:
         raise ConfigError(
             f"config key 'num_workers': {prefix} holds {stacks} training stack(s); {cfg.num_workers} workers x "

@@ -1,10 +1,11 @@
 """Benchmark: splat rendering (forward, backward, pairs/s) and per-scene fit time.
 
-    python jobs/bench_render.py [--quick] [--no-fit]
+    python jobs/bench_render.py [--quick] [--no-fit] [--counts 16384,100000] [--sizes 128,256]
 
 Scenes: N Gaussians spread over the image at 0.1-0.6 m, sized so that together they cover it
 about once (a fitted scene's density), rendered with the fod500 lens focused at 0.3 m, so every
-splat carries its defocus blur. On CUDA the gsplat backend is timed beside the torch one.
+splat carries its defocus blur. On CPU the numba backend is timed beside the torch one (the
+reference), on CUDA gsplat beside torch.
 Prints one table; figures are medians over repeats after a warm-up.
 """
 
@@ -76,6 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
     parser.add_argument("--no-fit", action="store_true", help="skip the fit timings")
+    parser.add_argument("--counts", default="", help="comma-separated Gaussian counts (default: the standard set)")
+    parser.add_argument("--sizes", default="", help="comma-separated image sizes in pixels (default: the standard set)")
     args = parser.parse_args()
     repeats = 2 if args.quick else 5
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -85,8 +88,10 @@ def main() -> None:
           f"{'pairs':>10} {'Mpairs/s fwd':>12}")
     counts = [2_000, 20_000] if args.quick else [2_000, 16_384, 20_000, 100_000]
     sizes = [64, 128] if args.quick else [64, 128, 256]
+    counts = [int(c) for c in args.counts.split(",")] if args.counts else counts
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sizes
     for device in devices:
-        backends = ["torch"] + (["gsplat"] if device == "cuda" else [])
+        backends = ["torch", "numba"] if device == "cpu" else ["torch", "gsplat"]
         for n in counts:
             for size in sizes:
                 splats = scene(n, size, device)

@@ -116,6 +116,18 @@ def test_lens_fusion_recovers_a_depth_on_either_side_of_a_focus_plane(depth):
     assert float(alone.mean()) == pytest.approx(near, rel=0.02)
 
 
+def test_mass_within_sums_the_posterior_near_a_depth():
+    model = DFDModel(ModelConfig(min_depth=0.25, max_depth=1.0, depth_bins=4))  # u = 4, 3, 2, 1 m^-1
+    post = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1).expand(4, 1, 2).clone()
+    depth = torch.tensor([[1 / 3, 1 / 1.4]])  # u = 3: bins 4, 3, 2 within ±1; u = 1.4: bins 2 and 1 within ±0.65
+    mass = model.depthnet.mass_within(post, depth, 1.0)
+    assert mass[0, 0] == pytest.approx(0.6) and mass[0, 1] == pytest.approx(0.7)
+    assert model.depthnet.mass_within(post, depth, 0.65)[0].tolist() == pytest.approx([0.2, 0.7])
+    # The decode is the posterior's AbsRel-optimal depth.
+    log_lik = torch.randn(4, 3, 3)
+    assert torch.allclose(model.depthnet.decode(log_lik), model.depthnet.median_depth(model.depthnet.posterior(log_lik)))
+
+
 def test_side_logit_picks_the_root_and_a_splat_depth_pulls_the_decode():
     model = _exact_model(ModelConfig(depth_bins=512))
     s, d_near = 0.3, 0.2

@@ -43,9 +43,10 @@ def _rel(a, b):
     return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.parametrize("mode", ["pinhole", "focus", "coc_map"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sparse_matches_dense_oracle_values_and_gradients(mode, seed):
+def test_sparse_matches_dense_oracle_values_and_gradients(mode, seed, backend):
     splats = random_splats(40, seed).requires_grad_()
     kwargs = {}
     if mode == "focus":
@@ -53,7 +54,7 @@ def test_sparse_matches_dense_oracle_values_and_gradients(mode, seed):
     elif mode == "coc_map":
         g = torch.Generator().manual_seed(seed)
         kwargs = {"coc_map": (4 * torch.rand(CAM.height, CAM.width, generator=g, dtype=torch.float64)).requires_grad_()}
-    out = render(splats, **kwargs)
+    out = render(splats, backend=backend, **kwargs)
     ref_image, ref_depth, ref_alpha = dense_oracle(splats, **kwargs)
     assert _rel(out.image, ref_image) <= 1e-5
     assert _rel(out.alpha, ref_alpha) <= 1e-5
@@ -70,14 +71,15 @@ def test_sparse_matches_dense_oracle_values_and_gradients(mode, seed):
         assert _rel(got, want) <= 1e-5, name
 
 
-def test_opaque_pixels_stop_at_transmittance_floor():
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_opaque_pixels_stop_at_transmittance_floor(backend):
     """Many opaque splats on one pixel: compositing stops like gsplat's, so alpha stays < 1."""
     n = 12
     means = torch.tensor([[0.0, 0.0, 0.2 + 0.01 * i] for i in range(n)], dtype=torch.float64)
     splats = SceneSplats(means, torch.full((n, 3), math.log(2e-4), dtype=torch.float64),
                          torch.tensor([[1.0, 0, 0, 0]] * n, dtype=torch.float64),
                          torch.full((n,), 10.0, dtype=torch.float64), torch.rand(n, 3, dtype=torch.float64), CAM)
-    out = render(splats)
+    out = render(splats, backend=backend)
     ref = dense_oracle(splats)
     assert torch.allclose(out.image, ref[0], rtol=1e-9, atol=1e-12)
     centre = out.alpha[CAM.height // 2, CAM.width // 2]
@@ -161,6 +163,27 @@ def test_bad_inputs():
         render(splats, backend="gsplat")
     with pytest.raises(ValueError, match="valid choices"):
         render(splats, backend="vulkan")
+
+
+def test_numba_tiles_match_the_torch_compositor_on_batches_in_float32():
+    """Several images at once over many 16-px tiles, float32 as in training: the two CPU backends agree."""
+    cam = Camera(width=70, height=45, focal_length=2.9e-3, f_number=1.0, pixel_size=3.1e-3 / 256)
+    splats_ref = random_splats(600, 21, cam, dtype=torch.float32)
+    results = []
+    for backend in ("torch", "numba"):
+        splats = splats_ref.to("cpu").requires_grad_()
+        focus = torch.tensor([0.12, 0.3, 0.7], requires_grad=True)
+        out = render(splats, focus_distance=focus, backend=backend)
+        g = torch.Generator().manual_seed(3)
+        loss = ((out.image * torch.rand(out.image.shape, generator=g)).sum() + (out.alpha > 0.01).float().mul(out.depth).sum()
+                + out.alpha.sum())
+        results.append((out, torch.autograd.grad(loss, [*splats.tensors().values(), focus])))
+    (a, ga), (b, gb) = results
+    assert a.image.shape == (3, 45, 70, 3) and float(a.alpha.max()) > 0.5
+    for x, y in ((a.image, b.image), (a.alpha, b.alpha), (a.depth, b.depth)):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)
+    for x, y in zip(ga, gb):
+        assert _rel(y, x) <= 1e-4
 
 
 def test_batched_render_equals_single_renders():

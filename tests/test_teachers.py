@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from dfd_ray import depth_from_focus, focalstack, optics, streaming, synth, teachers, train_step
-from dfd_ray.config import load_config
+from dfd_ray.config import ConfigError, load_config
+from dfd_ray.evaluate import predict_slices
+from dfd_ray.models import load_model, store
 from dfd_ray.optics import coc_gain_px
 from dfd_ray.relative_blur import depth_from_relative_blur
 from dfd_ray.focalstack import DatasetError
@@ -92,6 +94,35 @@ def test_sidecars_are_computed_once_per_shard_and_streamed_beside_the_crops(ray_
             expected = expected[:, ::-1]
         assert row["teacher_depth"].shape == (1, 16, 16)
         assert np.array_equal(row["teacher_depth"][0], expected)  # cut and flipped like the slices
+
+
+def test_a_model_teacher_is_the_lens_fusion_with_the_classical_depth_as_its_prior(data):
+    stack = next(iter(focalstack.read_stacks(f"{data}/train")))
+    model = load_model("")[0]  # the shipped model
+    prior = teachers.stack_depth(stack)
+    depth, conf, source = teachers.teacher_maps(stack, model=model)
+    assert source == "model" and depth.shape == conf.shape == (32, 32)
+    log_lik = torch.from_numpy(predict_slices(model, stack)["log_likelihood"])
+    with torch.no_grad():
+        fused = model.fuse(log_lik, *(torch.from_numpy(p) for p in prior)).numpy()
+    assert np.allclose(depth, fused, rtol=1e-6)
+    # Trusted at most as much as the classical depth, less where the slices' posterior is spread.
+    assert (conf >= 0).all() and (conf <= prior[1] + 1e-6).all() and conf.mean() < prior[1].mean()
+    assert teachers.stack_teacher(stack, model=model)["source"] == "model"
+
+
+@pytest.mark.ray
+def test_a_model_round_replaces_classical_sidecars_and_a_missing_model_fails_first(ray_session, data, tmp_path):
+    prefix = f"{data}/train"
+    teachers.ensure_teachers(prefix)
+    shards = focalstack.shard_uris(prefix)
+    assert all(teachers.sidecar_is_current(s) and not teachers.sidecar_is_current(s, from_model=True) for s in shards)
+    shipped = teachers.ensure_teachers(prefix, model_uri=store.SHIPPED)
+    assert shipped["computed"] == len(shards) and shipped["from_model"] == 5
+    assert teachers.ensure_teachers(prefix, model_uri=store.SHIPPED)["computed"] == 0  # a resumed round keeps its work
+    assert teachers.ensure_teachers(prefix)["computed"] == 0  # model sidecars serve plain training too
+    with pytest.raises(ConfigError, match=f"config key 'model': {tmp_path}/none is not a dfd-ray model"):
+        teachers.run(load_config(teachers.TeachConfig, [f"data={data}", f"model={tmp_path}/none"]))
 
 
 def test_a_torn_or_foreign_sidecar_is_named_in_the_error(tmp_path):

@@ -225,18 +225,32 @@ class DepthNet(nn.Module):
         """(..., K, H, W): the log-likelihood plus the depth prior over the grid, unnormalised."""
         return log_likelihood + self.log_prior.view(-1, 1, 1)
 
-    def decode(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
-               prior_conf: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-likelihood (..., K, H, W) (+ an optional splat depth and confidence (..., H, W)) → depth (..., H, W) m."""
+    def posterior(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
+                  prior_conf: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-likelihood (..., K, H, W) (+ an optional depth factor: a depth in metres and its
+        confidence, (..., H, W)) → the normalised posterior over the grid (..., K, H, W)."""
         log_post = self.log_posterior(log_likelihood)
         if prior_depth is not None:
             conf = prior_conf if prior_conf is not None else torch.ones_like(prior_depth)
             t = torch.log(1.0 / self.inverse_depths).view(-1, 1, 1)
             dist = (t - torch.log(prior_depth.clamp_min(1e-3))[..., None, :, :]) / self.cfg.prior_sigma_log
             log_post = log_post - 0.5 * conf[..., None, :, :] * dist**2
-        post = torch.softmax(log_post, dim=-3)
-        # AbsRel-optimal: the median of the depths t_k = 1/u_k weighted by p_k / t_k = p_k u_k.
-        return weighted_median(1.0 / self.inverse_depths, post * self.inverse_depths.view(-1, 1, 1))
+        return torch.softmax(log_post, dim=-3)
+
+    def median_depth(self, posterior: torch.Tensor) -> torch.Tensor:
+        """Posterior (..., K, H, W) → its AbsRel-optimal depth (..., H, W) m: the median of the depths
+        t_k = 1/u_k weighted by p_k / t_k = p_k u_k."""
+        return weighted_median(1.0 / self.inverse_depths, posterior * self.inverse_depths.view(-1, 1, 1))
+
+    def mass_within(self, posterior: torch.Tensor, depth: torch.Tensor, half_width: float) -> torch.Tensor:
+        """(..., H, W): the posterior's mass within ±half_width [1/m] of 1/depth."""
+        near = (self.inverse_depths.view(-1, 1, 1) - 1.0 / depth[..., None, :, :]).abs() <= half_width
+        return (posterior * near).sum(-3)
+
+    def decode(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
+               prior_conf: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-likelihood (..., K, H, W) (+ an optional splat depth and confidence (..., H, W)) → depth (..., H, W) m."""
+        return self.median_depth(self.posterior(log_likelihood, prior_depth, prior_conf))
 
 
 class DFDModel(nn.Module):

@@ -52,6 +52,19 @@ def read_meta(uri: str) -> dict:
     return meta
 
 
+def checked_model_uri(uri: str, key: str) -> str:
+    """A model URI given as config key `key`, checked before any cluster work (a ConfigError naming
+    the key where it holds no loadable model), a local path made absolute: Ray workers do not run
+    in the driver's folder."""
+    from dfd_ray.config import ConfigError
+
+    try:
+        read_meta(uri)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"config key '{key}': {exc}") from None
+    return os.path.abspath(uri.removeprefix("file://")) if storage.is_local(uri) else uri
+
+
 def load_model(uri: str, device: str = "cpu") -> tuple[DFDModel, dict]:
     """(model in eval mode, its metadata) from a model or checkpoint URI ("" = the shipped model)."""
     uri = model_uri(uri)

@@ -27,6 +27,21 @@ def _segments(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return owner, torch.arange(len(owner), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner]
 
 
+def boxes(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, ...]:
+    """Each Gaussian's pixel box, flat over B·N: (x0, x1, y0, y1) inclusive pixel indices inside the
+    image, and whether it can touch any pixel (opacity >= 1/255, a non-empty box). The box holds
+    every pixel centre within its radii (`project`); no pixel outside it is composited."""
+    with torch.no_grad():
+        mx, my = proj.means2d[..., 0].reshape(-1), proj.means2d[..., 1].reshape(-1)
+        rx, ry = proj.radii[..., 0].reshape(-1), proj.radii[..., 1].reshape(-1)
+        x0 = torch.ceil(mx - rx - 0.5).clamp(0, width).long()
+        x1 = torch.floor(mx + rx - 0.5).clamp(-1, width - 1).long()
+        y0 = torch.ceil(my - ry - 0.5).clamp(0, height).long()
+        y1 = torch.floor(my + ry - 0.5).clamp(-1, height - 1).long()
+        visible = (proj.opacities.reshape(-1) >= ALPHA_THRESHOLD) & (rx > 0) & (ry > 0) & (x1 >= x0) & (y1 >= y0)
+        return x0, x1, y0, y1, visible
+
+
 def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, ...]:
     """Every pixel centre where a Gaussian's alpha may reach 1/255, image by image: (flat Gaussian
     index into B·N, flat pixel index into B·H·W, pixel column, pixel row).
@@ -37,14 +52,9 @@ def _pairs(proj: Projected, width: int, height: int) -> tuple[torch.Tensor, ...]
     with torch.no_grad():
         n_img, n = proj.opacities.shape
         mx, my = proj.means2d[..., 0].reshape(-1), proj.means2d[..., 1].reshape(-1)
-        rx, ry = proj.radii[..., 0].reshape(-1), proj.radii[..., 1].reshape(-1)
         opacity = proj.opacities.reshape(-1)
-        x0 = torch.ceil(mx - rx - 0.5).clamp(0, width).long()
-        x1 = torch.floor(mx + rx - 0.5).clamp(-1, width - 1).long()
-        y0 = torch.ceil(my - ry - 0.5).clamp(0, height).long()
-        y1 = torch.floor(my + ry - 0.5).clamp(-1, height - 1).long()
+        x0, x1, y0, y1, visible = boxes(proj, width, height)
         ny = (y1 - y0 + 1).clamp_min(0)
-        visible = (opacity >= ALPHA_THRESHOLD) & (rx > 0) & (ry > 0) & (x1 >= x0)
         rows = torch.where(visible, ny, torch.zeros_like(ny))
         g_row, row_in_box = _segments(rows)
         py_row = y0[g_row] + row_in_box

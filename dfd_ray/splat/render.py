@@ -5,7 +5,9 @@
     render(splats)                     pinhole (everything sharp)
 
 Backends mirror each other: projection and defocus are shared PyTorch (`project.py`); the
-compositing is `composite_torch` (any device; the CPU path) or `composite_gsplat` (CUDA).
+compositing is `composite_numba` (CPU: tiles compiled with numba, the default there),
+`composite_gsplat` (CUDA: gsplat's tile rasterizer, the default there) or `composite_torch`
+(plain PyTorch on any device: the reference the other two are tested against).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from dfd_ray.splat import composite_torch
+from dfd_ray.splat import composite_numba, composite_torch
 from dfd_ray.splat.project import EPS2D, project
 from dfd_ray.splat.scene import SceneSplats
 
-BACKENDS = ("auto", "torch", "gsplat")
+BACKENDS = ("auto", "torch", "numba", "gsplat")
 
 
 @dataclass
@@ -35,8 +37,10 @@ def choose_backend(device: torch.device, backend: str = "auto") -> str:
         raise ValueError(f"unknown render backend {backend!r}; valid choices: {list(BACKENDS)}")
     if backend == "gsplat" and device.type != "cuda":
         raise ValueError(f"the gsplat backend needs CUDA tensors, got tensors on {device}")
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(f"the numba backend needs CPU tensors, got tensors on {device}")
     if backend == "auto":
-        return "gsplat" if device.type == "cuda" else "torch"
+        return "gsplat" if device.type == "cuda" else "numba" if device.type == "cpu" else "torch"
     return backend
 
 
@@ -55,10 +59,13 @@ def render(
     """
     cam = splats.camera
     proj = project(splats, focus_distance=focus_distance, aperture=aperture, coc_map=coc_map, eps2d=eps2d)
-    if choose_backend(splats.means.device, backend) == "gsplat":
+    chosen = choose_backend(splats.means.device, backend)
+    if chosen == "gsplat":
         from dfd_ray.splat import composite_gsplat
 
         image, depth, alpha = composite_gsplat.composite(proj, splats.colors, cam.width, cam.height)
+    elif chosen == "numba":
+        image, depth, alpha = composite_numba.composite(proj, splats.colors, cam.width, cam.height)
     else:
         image, depth, alpha = composite_torch.composite(proj, splats.colors, cam.width, cam.height)
     if background is not None:
