@@ -72,6 +72,32 @@ def _pair(feat, g, px, py):
 
 
 @numba.njit(inline="always")
+def _visit(feat, g, px, py, t, stopped, r, c):
+    """The compositing rule at one pixel (tile-local r, c) for its next Gaussian g: (alpha, e^-power,
+    dx, dy, transmittance before g), alpha = 0 where g does not contribute. Advances the pixel's
+    transmittance `t` and its `stopped` flag: the one place both passes decide which pairs count."""
+    if stopped[r, c]:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    alpha, falloff, dx, dy = _pair(feat, g, px, py)
+    if alpha == 0.0:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    t_here = t[r, c]
+    t_next = t_here * (1.0 - alpha)
+    if t_next <= T_MIN:
+        stopped[r, c] = True
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    t[r, c] = t_next
+    return alpha, falloff, dx, dy, t_here
+
+
+@numba.njit(inline="always")
+def _box_in_tile(box, g, ty0, tx0, rows, cols):
+    """Rows [y_start, y_end) and columns [x_start, x_end) of Gaussian g's box inside the tile."""
+    return (max(box[g, 2], ty0), min(box[g, 3], ty0 + rows - 1) + 1,
+            max(box[g, 0], tx0), min(box[g, 1], tx0 + cols - 1) + 1)
+
+
+@numba.njit(inline="always")
 def _tile_window(tile, per_img, tiles_x, height, width):
     """(image, first row, first column, rows, columns) of a tile."""
     b, rest = tile // per_img, tile % per_img
@@ -95,23 +121,16 @@ def _forward(feat, payload, box, offsets, entries, n_img, height, width, tiles_x
         stopped = np.zeros((rows, cols), np.bool_)
         for e in range(offsets[tile], offsets[tile + 1]):
             g = entries[e]
-            for py in range(max(box[g, 2], ty0), min(box[g, 3], ty0 + rows - 1) + 1):
-                for px in range(max(box[g, 0], tx0), min(box[g, 1], tx0 + cols - 1) + 1):
-                    r, c = py - ty0, px - tx0
-                    if stopped[r, c]:
-                        continue
-                    alpha, _, _, _ = _pair(feat, g, px, py)
+            y_start, y_end, x_start, x_end = _box_in_tile(box, g, ty0, tx0, rows, cols)
+            for py in range(y_start, y_end):
+                for px in range(x_start, x_end):
+                    alpha, _, _, _, t_here = _visit(feat, g, px, py, t, stopped, py - ty0, px - tx0)
                     if alpha == 0.0:
                         continue
-                    t_next = t[r, c] * (1.0 - alpha)
-                    if t_next <= T_MIN:
-                        stopped[r, c] = True
-                        continue
-                    w = alpha * t[r, c]
+                    w = alpha * t_here
                     pix = (b * height + py) * width + px
                     for k in range(n_pay):
                         acc[pix, k] += w * payload[g, k]
-                    t[r, c] = t_next
     return acc
 
 
@@ -135,18 +154,12 @@ def _backward(feat, payload, box, offsets, entries, n_img, height, width, tiles_
                     total[r, c] += grad_acc[pix, k] * acc[pix, k]
         for e in range(offsets[tile], offsets[tile + 1]):
             g = entries[e]
-            for py in range(max(box[g, 2], ty0), min(box[g, 3], ty0 + rows - 1) + 1):
-                for px in range(max(box[g, 0], tx0), min(box[g, 1], tx0 + cols - 1) + 1):
+            y_start, y_end, x_start, x_end = _box_in_tile(box, g, ty0, tx0, rows, cols)
+            for py in range(y_start, y_end):
+                for px in range(x_start, x_end):
                     r, c = py - ty0, px - tx0
-                    if stopped[r, c]:
-                        continue
-                    alpha, falloff, dx, dy = _pair(feat, g, px, py)
+                    alpha, falloff, dx, dy, t_here = _visit(feat, g, px, py, t, stopped, r, c)
                     if alpha == 0.0:
-                        continue
-                    t_here = t[r, c]
-                    t_next = t_here * (1.0 - alpha)
-                    if t_next <= T_MIN:
-                        stopped[r, c] = True
                         continue
                     pix = (b * height + py) * width + px
                     w = alpha * t_here
@@ -165,7 +178,6 @@ def _backward(feat, payload, box, offsets, entries, n_img, height, width, tiles_
                         grads[e, 2] += d_power * 0.5 * dx * dx
                         grads[e, 3] += d_power * dx * dy
                         grads[e, 4] += d_power * 0.5 * dy * dy
-                    t[r, c] = t_next
     return grads
 
 
