@@ -20,6 +20,9 @@ row per stack of that shard:
     depth       binary: float16 little-endian, row-major H×W, metres
     confidence  binary: float16 little-endian, row-major H×W, in [0, 1]
 
+A sidecar taught by a model (`model=`) carries that model's weights digest
+(`models.store.weights_digest`) as file metadata `dfd_ray.teacher_model`.
+
 `dfd-ray teach --data URI` computes them with one Ray task per shard; `dfd-ray train` runs it for
 shards whose sidecar is missing or stale (other scene ids than the shard's), so a freshly imported
 dataset trains with no extra command.
@@ -47,6 +50,7 @@ from dfd_ray.ray_session import ensure_ray
 FOLDER = "teachers"
 VERSION_KEY = b"dfd_ray.teachers_version"
 VERSION = "1"
+MODEL_KEY = b"dfd_ray.teacher_model"  # file metadata of a model-taught sidecar: the model's weights digest
 SCHEMA = pa.schema(
     [
         pa.field("scene_id", pa.string(), nullable=False),
@@ -84,6 +88,11 @@ def sidecar_uri(shard: str) -> str:
 AGREEMENT_PX = 0.5  # CoC disagreement of the two classical depths at which the confidence falls by 1/e
 
 
+def _mean_gain_px(stack: FocalStack) -> float:
+    """The stack's CoC gain G averaged over its slices, px·m: ΔCoC = G · |Δ(1/d)|."""
+    return float(np.mean([stack.lens.gain_px(float(s)) for s in stack.focus_distances]))
+
+
 def stack_depth(stack: FocalStack) -> tuple[np.ndarray, np.ndarray]:
     """(depth (H, W) m, confidence (H, W)) of a stack from the two classical methods, no learning:
     depth from focus (focus peak) and relative blur (`dfd_ray.relative_blur`, which knows the lens).
@@ -96,9 +105,8 @@ def stack_depth(stack: FocalStack) -> tuple[np.ndarray, np.ndarray]:
     """
     images = stack.images_float()
     dff, dff_conf = depth_from_focus(images, stack.focus_distances)
-    lens = stack.lens
-    rel = depth_from_relative_blur(images, stack.focus_distances, lens)
-    gain = float(np.mean([lens.gain_px(float(s)) for s in stack.focus_distances]))  # px·m: ΔCoC = gain · |Δ(1/d)|
+    rel = depth_from_relative_blur(images, stack.focus_distances, stack.lens)
+    gain = _mean_gain_px(stack)
     disagreement_px = gain * np.abs(1.0 / dff - 1.0 / rel)
     depth = 2.0 / (1.0 / dff + 1.0 / rel)
     return depth.astype(np.float32), (np.clip(dff_conf, 0, 1) * np.exp(-disagreement_px / AGREEMENT_PX)).astype(np.float32)
@@ -122,8 +130,7 @@ def model_depth(stack: FocalStack, model, prior: tuple[np.ndarray, np.ndarray]) 
     depthnet = model.depthnet
     posterior = depthnet.posterior(log_likelihood, prior_depth, prior_conf)
     depth = depthnet.median_depth(posterior)
-    gain = float(np.mean([stack.lens.gain_px(float(s)) for s in stack.focus_distances]))  # px·m
-    mass = depthnet.mass_within(posterior, depth, AGREEMENT_PX / gain)
+    mass = depthnet.mass_within(posterior, depth, AGREEMENT_PX / _mean_gain_px(stack))
     return depth.numpy().astype(np.float32), (prior_conf * mass).numpy().astype(np.float32)
 
 
@@ -188,35 +195,39 @@ def read_sidecar(uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def sidecar_is_current(shard: str, from_model: bool = False) -> bool:
-    """Whether the shard's sidecar exists and holds exactly its scenes (and, with `from_model`,
-    only model-taught ones: a self-training round replaces the classical teachers)."""
+def sidecar_is_current(shard: str, model_digest: str = "") -> bool:
+    """Whether the shard's sidecar exists and holds exactly its scenes (and, with `model_digest`,
+    was taught by that model: a self-training round replaces the classical teachers and an
+    earlier round's)."""
     uri = sidecar_uri(shard)
     if not storage.exists(uri):
         return False
     try:
-        table = storage.read_with(uri, lambda f: pq.read_table(f, columns=["scene_id", "source"]))
+        table = storage.read_with(uri, lambda f: pq.read_table(f, columns=["scene_id"]))
     except storage.StoreUnavailable:
         raise
     except Exception:
         return False  # torn or foreign: recompute it
-    if from_model and set(table.column("source").to_pylist()) != {"model"}:
+    if model_digest and (table.schema.metadata or {}).get(MODEL_KEY) != model_digest.encode():
         return False
     return sorted(table.column("scene_id").to_pylist()) == sorted(focalstack.shard_scene_ids(shard))
 
 
-def teach_shard(shard: str, splat_store: str = "", model_uri: str = "") -> dict:
-    """Compute and write one shard's sidecar; returns its record."""
+def teach_shard(shard: str, splat_store: str = "", model_uri: str = "", model_digest: str = "") -> dict:
+    """Compute and write one shard's sidecar (taught by the model at `model_uri`, whose weights
+    digest is `model_digest`, where given); returns its record."""
     start = time.perf_counter()
     model = None
+    schema = SCHEMA
     if model_uri:
         from dfd_ray.models.store import load_model
 
         model = load_model(model_uri)[0].eval()
+        schema = SCHEMA.with_metadata({**SCHEMA.metadata, MODEL_KEY: model_digest.encode()})
     rows = [stack_teacher(focalstack.row_to_stack(row, where=shard), splat_store, model)
             for row in focalstack.read_table(shard).drop_columns(["aif"]).to_pylist()]
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
     storage.write_bytes(sidecar_uri(shard), buf.getvalue())
     sources = [r["source"] for r in rows]
     return {"shard": shard, "stacks": len(rows), "splat": sources.count("splat"), "stack": sources.count("stack"),
@@ -230,10 +241,15 @@ def ensure_teachers(prefix: str, splat_store: str = "", task_cpus: float = 0.5, 
     import ray
 
     shards = focalstack.shard_uris(prefix)
-    todo = shards if overwrite else [s for s in shards if not sidecar_is_current(s, bool(model_uri))]
+    digest = ""
+    if model_uri:
+        from dfd_ray.models.store import weights_digest
+
+        digest = weights_digest(model_uri)
+    todo = shards if overwrite else [s for s in shards if not sidecar_is_current(s, digest)]
     start = time.perf_counter()
     remote = ray.remote(num_cpus=task_cpus, max_retries=1, **storage.worker_runtime_env())(teach_shard)
-    records = ray.get([remote.remote(s, splat_store, model_uri) for s in todo])
+    records = ray.get([remote.remote(s, splat_store, model_uri, digest) for s in todo])
     return {"prefix": prefix, "shards": len(shards), "computed": len(todo),
             "stacks": sum(r["stacks"] for r in records), "from_splats": sum(r["splat"] for r in records),
             "from_model": sum(r["model"] for r in records),

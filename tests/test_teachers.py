@@ -7,7 +7,7 @@ import torch
 from dfd_ray import depth_from_focus, focalstack, optics, streaming, synth, teachers, train_step
 from dfd_ray.config import ConfigError, load_config
 from dfd_ray.evaluate import predict_slices
-from dfd_ray.models import load_model, store
+from dfd_ray.models import DFDModel, ModelConfig, load_model, save_model, store
 from dfd_ray.optics import coc_gain_px
 from dfd_ray.relative_blur import depth_from_relative_blur
 from dfd_ray.focalstack import DatasetError
@@ -116,11 +116,15 @@ def test_a_model_round_replaces_classical_sidecars_and_a_missing_model_fails_fir
     prefix = f"{data}/train"
     teachers.ensure_teachers(prefix)
     shards = focalstack.shard_uris(prefix)
-    assert all(teachers.sidecar_is_current(s) and not teachers.sidecar_is_current(s, from_model=True) for s in shards)
+    digest = store.weights_digest(store.SHIPPED)
+    assert all(teachers.sidecar_is_current(s) and not teachers.sidecar_is_current(s, digest) for s in shards)
     shipped = teachers.ensure_teachers(prefix, model_uri=store.SHIPPED)
     assert shipped["computed"] == len(shards) and shipped["from_model"] == 5
     assert teachers.ensure_teachers(prefix, model_uri=store.SHIPPED)["computed"] == 0  # a resumed round keeps its work
     assert teachers.ensure_teachers(prefix)["computed"] == 0  # model sidecars serve plain training too
+    # Another model (here: untrained) is another round: every sidecar is taught again.
+    save_model(DFDModel(ModelConfig()), str(tmp_path / "other"))
+    assert teachers.ensure_teachers(prefix, model_uri=str(tmp_path / "other"))["computed"] == len(shards)
     with pytest.raises(ConfigError, match=f"config key 'model': {tmp_path}/none is not a dfd-ray model"):
         teachers.run(load_config(teachers.TeachConfig, [f"data={data}", f"model={tmp_path}/none"]))
 

@@ -9,6 +9,7 @@ take a model use it when none is given.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -63,6 +64,12 @@ def checked_model_uri(uri: str, key: str) -> str:
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"config key '{key}': {exc}") from None
     return os.path.abspath(uri.removeprefix("file://")) if storage.is_local(uri) else uri
+
+
+def weights_digest(uri: str) -> str:
+    """A model's identity: the first 16 hex digits of its weights' SHA-256 (a model retrained into
+    the same folder is another model)."""
+    return hashlib.sha256(storage.read_bytes(storage.join(model_uri(uri), WEIGHTS))).hexdigest()[:16]
 
 
 def load_model(uri: str, device: str = "cpu") -> tuple[DFDModel, dict]:
