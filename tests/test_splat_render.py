@@ -186,6 +186,22 @@ def test_numba_tiles_match_the_torch_compositor_on_batches_in_float32():
         assert _rel(y, x) <= 1e-4
 
 
+def test_numba_render_keeps_the_thread_count_it_was_given():
+    """A renderer sized to one CPU renders on one thread: the compositor's threading layer does not
+    reset torch's thread count (numba's OpenMP layer shares torch's libgomp and did)."""
+    import numba
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        splats = random_splats(200, 5, CAM, dtype=torch.float32)
+        render(splats, focus_distance=0.3, backend="numba").image.sum()
+        assert numba.threading_layer() == "workqueue"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_batched_render_equals_single_renders():
     splats = random_splats(50, 4)
     distances = [0.12, 0.3, 0.7]

@@ -25,8 +25,12 @@ from dfd_ray.splat.composite_torch import MAX_ALPHA, T_MIN, boxes
 from dfd_ray.splat.project import ALPHA_THRESHOLD, Projected
 
 TILE = 16  # pixels per tile side, as gsplat's
-# numba's default threading layer (workqueue) aborts the process when two threads launch parallel
-# kernels at once (a fit runs in a thread beside its progress generator): one launch at a time.
+# The workqueue threading layer, not OpenMP: numba's OpenMP layer shares torch's libgomp, so it
+# resets torch's thread count (a 1-CPU actor ran on 2 threads) and its idle threads spin, so two
+# processes rendering at once on 2 cores ran 11x slower each (docs/benchmarks.md, "The renderer
+# pool's contention"). Workqueue aborts the process when two threads launch parallel kernels at
+# once (a fit runs in a thread beside its progress generator): one launch at a time.
+numba.config.THREADING_LAYER = "workqueue"
 _LAUNCH = threading.Lock()
 
 
