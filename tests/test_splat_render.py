@@ -145,6 +145,43 @@ def test_blur_conserves_energy_and_spreads_with_predicted_sigma():
         assert float(var) == pytest.approx(var_model * (1 - math.log(1 / q) * q / (1 - q)), rel=0.03), (s, coc)
 
 
+def test_projection_matches_the_matrix_form_of_ewa():
+    """The entry-by-entry covariances against J R S S^T R^T J^T written with matrix products,
+    Gaussians inside and outside the field of view (where the Jacobian clamps x/z and y/z)."""
+    splats = random_splats(40, 3)
+    cam = splats.camera
+    q = torch.nn.functional.normalize(splats.quats, dim=-1)
+    w, x, y, z = q.unbind(-1)
+    rot = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                       2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                       2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
+    rs = rot @ torch.diag_embed(torch.exp(splats.log_scales))
+    cov3d = rs @ rs.transpose(1, 2)
+    mx, my, mz = splats.means.unbind(-1)
+    lim_x = (cam.width - cam.cx) / cam.fx + 0.15 * cam.width / cam.fx, cam.cx / cam.fx + 0.15 * cam.width / cam.fx
+    lim_y = (cam.height - cam.cy) / cam.fy + 0.15 * cam.height / cam.fy, cam.cy / cam.fy + 0.15 * cam.height / cam.fy
+    tx = mz * torch.clamp(mx / mz, -lim_x[1], lim_x[0])
+    ty = mz * torch.clamp(my / mz, -lim_y[1], lim_y[0])
+    jac = torch.zeros(len(mz), 2, 3, dtype=mz.dtype)
+    jac[:, 0, 0], jac[:, 0, 2] = cam.fx / mz, -cam.fx * tx / mz**2
+    jac[:, 1, 1], jac[:, 1, 2] = cam.fy / mz, -cam.fy * ty / mz**2
+    for s in (None, 0.2):
+        cov2d = jac @ cov3d @ jac.transpose(1, 2) + 0.3 * torch.eye(2, dtype=mz.dtype)
+        if s is not None:
+            coc = CAM.aperture * (s * CAM.focal_length / (s - CAM.focal_length)) / CAM.pixel_size * (1 / s - 1 / mz)
+            blurred = cov2d + (coc**2 / 16)[:, None, None] * torch.eye(2, dtype=mz.dtype)
+            opacity = torch.sigmoid(splats.opacity_logits) * torch.sqrt(torch.det(cov2d) / torch.det(blurred))
+            cov2d = blurred
+        else:
+            opacity = torch.sigmoid(splats.opacity_logits)
+        p = project(splats, focus_distance=s)
+        a, b, c = p.conics[0].unbind(-1)
+        inverse = torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2)
+        torch.testing.assert_close(torch.linalg.inv(inverse), cov2d, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(p.opacities[0], torch.where(mz >= 0.01, opacity, torch.zeros_like(opacity)),
+                                   rtol=1e-10, atol=1e-14)
+
+
 def test_gradcheck_focus_distance_and_coc_map():
     splats = random_splats(15, 7)
     s = torch.tensor(0.25, dtype=torch.float64, requires_grad=True)

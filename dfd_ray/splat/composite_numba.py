@@ -60,29 +60,36 @@ def _tile_lists(order, box, visible, n_img, n, tiles_x, tiles_y):
     return offsets, entries
 
 
+# A pair whose power exceeds log(opacity / ALPHA_THRESHOLD) by this much is below the alpha cut
+# whatever exp's rounding: it is skipped without evaluating exp (the cut itself is still decided
+# by the exact rule below, so the pairs that count are the same as composite_torch's).
+CUT_MARGIN = 1e-6
+
+
 @numba.njit(inline="always")
-def _pair(feat, g, px, py):
-    """(alpha, e^-power, dx, dy) of Gaussian g at pixel (px, py); alpha = 0 where the pair is skipped."""
-    dx = px + 0.5 - feat[g, 0]
-    dy = py + 0.5 - feat[g, 1]
-    power = 0.5 * (feat[g, 2] * dx * dx + feat[g, 4] * dy * dy) + feat[g, 3] * dx * dy
-    if power < 0.0:
+def _pair(mx, my, ca, cb, cc, opacity, cut, px, py):
+    """(alpha, e^-power, dx, dy) of one Gaussian (centre mx, my; conic ca, cb, cc; `cut` =
+    log(opacity / ALPHA_THRESHOLD) + CUT_MARGIN) at pixel (px, py); alpha = 0 where the pair is skipped."""
+    dx = px + 0.5 - mx
+    dy = py + 0.5 - my
+    power = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    if power < 0.0 or power > cut:
         return 0.0, 0.0, dx, dy
     falloff = math.exp(-power)
-    alpha = min(MAX_ALPHA, feat[g, 5] * falloff)
+    alpha = min(MAX_ALPHA, opacity * falloff)
     if alpha < ALPHA_THRESHOLD:
         return 0.0, falloff, dx, dy
     return alpha, falloff, dx, dy
 
 
 @numba.njit(inline="always")
-def _visit(feat, g, px, py, t, stopped, r, c):
-    """The compositing rule at one pixel (tile-local r, c) for its next Gaussian g: (alpha, e^-power,
-    dx, dy, transmittance before g), alpha = 0 where g does not contribute. Advances the pixel's
+def _visit(mx, my, ca, cb, cc, opacity, cut, px, py, t, stopped, r, c):
+    """The compositing rule at one pixel (tile-local r, c) for its next Gaussian: (alpha, e^-power,
+    dx, dy, transmittance before it), alpha = 0 where it does not contribute. Advances the pixel's
     transmittance `t` and its `stopped` flag: the one place both passes decide which pairs count."""
     if stopped[r, c]:
         return 0.0, 0.0, 0.0, 0.0, 0.0
-    alpha, falloff, dx, dy = _pair(feat, g, px, py)
+    alpha, falloff, dx, dy = _pair(mx, my, ca, cb, cc, opacity, cut, px, py)
     if alpha == 0.0:
         return 0.0, 0.0, 0.0, 0.0, 0.0
     t_here = t[r, c]
@@ -109,13 +116,19 @@ def _tile_window(tile, per_img, tiles_x, height, width):
     return b, y0, x0, min(TILE, height - y0), min(TILE, width - x0)
 
 
+@numba.njit(inline="always")
+def _cut(opacity):
+    return math.log(max(opacity, 1e-300) / ALPHA_THRESHOLD) + CUT_MARGIN
+
+
 @numba.njit(parallel=True, cache=True)
 def _forward(feat, payload, box, offsets, entries, n_img, height, width, tiles_x, tiles_y):
     """acc (B·H·W, P): Σ_i alpha_i T_i payload_i per pixel.
 
     Within a tile the loop runs entry by entry over the pixels of the entry's box (each pixel
     still meets its Gaussians in depth order, with its own transmittance and stop flag), so the
-    work is the pairs inside the boxes, not every tile pixel against every tile entry."""
+    work is the pairs inside the boxes, not every tile pixel against every tile entry. An entry's
+    Gaussian is read into locals once, before its pixels."""
     n_pay = payload.shape[1]
     acc = np.zeros((n_img * height * width, n_pay))
     per_img = tiles_x * tiles_y
@@ -123,25 +136,31 @@ def _forward(feat, payload, box, offsets, entries, n_img, height, width, tiles_x
         b, ty0, tx0, rows, cols = _tile_window(tile, per_img, tiles_x, height, width)
         t = np.ones((rows, cols))
         stopped = np.zeros((rows, cols), np.bool_)
+        pay = np.empty(n_pay)
         for e in range(offsets[tile], offsets[tile + 1]):
             g = entries[e]
+            mx, my, ca, cb, cc, opacity = feat[g, 0], feat[g, 1], feat[g, 2], feat[g, 3], feat[g, 4], feat[g, 5]
+            cut = _cut(opacity)
+            for k in range(n_pay):
+                pay[k] = payload[g, k]
             y_start, y_end, x_start, x_end = _box_in_tile(box, g, ty0, tx0, rows, cols)
             for py in range(y_start, y_end):
                 for px in range(x_start, x_end):
-                    alpha, _, _, _, t_here = _visit(feat, g, px, py, t, stopped, py - ty0, px - tx0)
+                    alpha, _, _, _, t_here = _visit(mx, my, ca, cb, cc, opacity, cut, px, py,
+                                                    t, stopped, py - ty0, px - tx0)
                     if alpha == 0.0:
                         continue
                     w = alpha * t_here
                     pix = (b * height + py) * width + px
                     for k in range(n_pay):
-                        acc[pix, k] += w * payload[g, k]
+                        acc[pix, k] += w * pay[k]
     return acc
 
 
 @numba.njit(parallel=True, cache=True)
 def _backward(feat, payload, box, offsets, entries, n_img, height, width, tiles_x, tiles_y, acc, grad_acc):
     """Per list entry: dL/d(mx, my, a, b, c, opacity, payload channels but the last), summed over its
-    tile's pixels; the same walk as `_forward`."""
+    tile's pixels; the same walk as `_forward`, the entry's sums kept in locals until its box is done."""
     n_pay = payload.shape[1]
     grads = np.zeros((entries.shape[0], 6 + n_pay - 1))
     per_img = tiles_x * tiles_y
@@ -151,6 +170,8 @@ def _backward(feat, payload, box, offsets, entries, n_img, height, width, tiles_
         stopped = np.zeros((rows, cols), np.bool_)
         prefix = np.zeros((rows, cols))
         total = np.zeros((rows, cols))
+        pay = np.empty(n_pay)
+        g_pay = np.empty(n_pay)
         for r in range(rows):
             for c in range(cols):
                 pix = (b * height + ty0 + r) * width + tx0 + c
@@ -158,30 +179,41 @@ def _backward(feat, payload, box, offsets, entries, n_img, height, width, tiles_
                     total[r, c] += grad_acc[pix, k] * acc[pix, k]
         for e in range(offsets[tile], offsets[tile + 1]):
             g = entries[e]
+            mx, my, ca, cb, cc, opacity = feat[g, 0], feat[g, 1], feat[g, 2], feat[g, 3], feat[g, 4], feat[g, 5]
+            cut = _cut(opacity)
+            for k in range(n_pay):
+                pay[k] = payload[g, k]
+                g_pay[k] = 0.0
+            g_mx = g_my = g_a = g_b = g_c = g_o = 0.0
             y_start, y_end, x_start, x_end = _box_in_tile(box, g, ty0, tx0, rows, cols)
             for py in range(y_start, y_end):
                 for px in range(x_start, x_end):
                     r, c = py - ty0, px - tx0
-                    alpha, falloff, dx, dy, t_here = _visit(feat, g, px, py, t, stopped, r, c)
+                    alpha, falloff, dx, dy, t_here = _visit(mx, my, ca, cb, cc, opacity, cut, px, py,
+                                                            t, stopped, r, c)
                     if alpha == 0.0:
                         continue
                     pix = (b * height + py) * width + px
                     w = alpha * t_here
                     gf = 0.0
                     for k in range(n_pay):
-                        gf += grad_acc[pix, k] * payload[g, k]
+                        gf += grad_acc[pix, k] * pay[k]
                     prefix[r, c] += w * gf
                     d_alpha = t_here * gf - (total[r, c] - prefix[r, c]) / (1.0 - alpha)
                     for k in range(n_pay - 1):
-                        grads[e, 6 + k] += w * grad_acc[pix, k]
-                    if feat[g, 5] * falloff <= MAX_ALPHA:  # below the clamp: alpha = o e^-power
-                        grads[e, 5] += d_alpha * falloff
+                        g_pay[k] += w * grad_acc[pix, k]
+                    if opacity * falloff <= MAX_ALPHA:  # below the clamp: alpha = o e^-power
+                        g_o += d_alpha * falloff
                         d_power = -d_alpha * alpha
-                        grads[e, 0] -= d_power * (feat[g, 2] * dx + feat[g, 3] * dy)
-                        grads[e, 1] -= d_power * (feat[g, 4] * dy + feat[g, 3] * dx)
-                        grads[e, 2] += d_power * 0.5 * dx * dx
-                        grads[e, 3] += d_power * dx * dy
-                        grads[e, 4] += d_power * 0.5 * dy * dy
+                        g_mx -= d_power * (ca * dx + cb * dy)
+                        g_my -= d_power * (cc * dy + cb * dx)
+                        g_a += d_power * 0.5 * dx * dx
+                        g_b += d_power * dx * dy
+                        g_c += d_power * 0.5 * dy * dy
+            grads[e, 0], grads[e, 1], grads[e, 2] = g_mx, g_my, g_a
+            grads[e, 3], grads[e, 4], grads[e, 5] = g_b, g_c, g_o
+            for k in range(n_pay - 1):
+                grads[e, 6 + k] = g_pay[k]
     return grads
 
 

@@ -46,12 +46,17 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
 
 
 def covariance_3d(quats: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
-    m = quat_to_rotmat(quats) * torch.exp(log_scales)[..., None, :]  # R S
-    return m @ m.transpose(-1, -2)
+    """(N, 3, 3) covariance R S S R^T in metres². Products of 3x3 matrices are written entry by
+    entry, not as batched matmuls: at 16k Gaussians torch's bmm on 3x3 blocks cost a quarter of
+    a render's projection (docs/benchmarks.md, "Projection without batched matmuls")."""
+    r0, r1, r2 = (quat_to_rotmat(quats) * torch.exp(log_scales)[..., None, :]).unbind(-2)  # rows of R S
+    s00, s01, s02 = (r0 * r0).sum(-1), (r0 * r1).sum(-1), (r0 * r2).sum(-1)
+    s11, s12, s22 = (r1 * r1).sum(-1), (r1 * r2).sum(-1), (r2 * r2).sum(-1)
+    return torch.stack([s00, s01, s02, s01, s11, s12, s02, s12, s22], -1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
-    """EWA projection: (means2d (N, 2) pixels, cov2d (N, 2, 2) pixels²), without dilation."""
+    """EWA projection: (means2d (N, 2) pixels, cov2d (N, 3) pixels² as its (xx, xy, yy)), without dilation."""
     x, y, z = means.unbind(-1)
     fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
     # Clamp limits from the whole sensor (gsplat uses the rendered image's; for an uncropped
@@ -64,13 +69,16 @@ def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor, camera: Camera) -> 
     lim_y_neg = sensor_cy / fy + 0.3 * tan_fovy
     tx = z * torch.clamp(x / z, -lim_x_neg, lim_x_pos)
     ty = z * torch.clamp(y / z, -lim_y_neg, lim_y_pos)
-    zero = torch.zeros_like(z)
-    jac = torch.stack(
-        [fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2], dim=-1
-    ).reshape(-1, 2, 3)
-    cov2d = jac @ cov3d @ jac.transpose(-1, -2)
+    # J Σ J^T with the Jacobian J = [[j00, 0, j02], [0, j11, j12]], entry by entry.
+    j00, j02 = fx / z, -fx * tx / z**2
+    j11, j12 = fy / z, -fy * ty / z**2
+    s00, s01, s02 = cov3d[..., 0, 0], cov3d[..., 0, 1], cov3d[..., 0, 2]
+    s11, s12, s22 = cov3d[..., 1, 1], cov3d[..., 1, 2], cov3d[..., 2, 2]
+    cov_xx = j00 * j00 * s00 + 2 * j00 * j02 * s02 + j02 * j02 * s22
+    cov_xy = j00 * j11 * s01 + j00 * j12 * s02 + j02 * j11 * s12 + j02 * j12 * s22
+    cov_yy = j11 * j11 * s11 + 2 * j11 * j12 * s12 + j12 * j12 * s22
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
-    return means2d, cov2d
+    return means2d, torch.stack([cov_xx, cov_xy, cov_yy], dim=-1)
 
 
 def thin_lens_coc_px(
@@ -121,8 +129,8 @@ def project(
     cov3d = covariance_3d(splats.quats, splats.log_scales)
     means2d, cov2d = perspective_2d(splats.means, cov3d, camera)
     depths = splats.means[:, 2]
-    eye = torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
-    cov2d = (cov2d + eps2d * eye)[None]  # (1, N, 2, 2)
+    cov_xx, cov_xy, cov_yy = (cov2d[None] + torch.tensor([eps2d, 0.0, eps2d], dtype=cov2d.dtype,
+                                                        device=cov2d.device)).unbind(-1)  # (1, N) each
     opacities = torch.sigmoid(splats.opacity_logits)[None]
     if coc_map is not None:
         if focus_distance is not None:
@@ -139,18 +147,20 @@ def project(
         coc = thin_lens_coc_px(depths[None], s, a, camera)
     else:
         coc = None
+    det = cov_xx * cov_yy - cov_xy * cov_xy
     if coc is not None:
-        blurred = cov2d + (coc**2 / 16.0)[..., None, None] * eye
-        opacities = opacities * torch.sqrt(torch.det(cov2d) / torch.det(blurred))
-        cov2d = blurred
-    n_img = cov2d.shape[0]
-    det = torch.det(cov2d)
-    conics = torch.stack([cov2d[..., 1, 1] / det, -cov2d[..., 0, 1] / det, cov2d[..., 0, 0] / det], dim=-1)
+        var = coc**2 / 16.0
+        cov_xx, cov_yy = cov_xx + var, cov_yy + var
+        blurred_det = cov_xx * cov_yy - cov_xy * cov_xy
+        opacities = opacities * torch.sqrt(det / blurred_det)
+        det = blurred_det
+    n_img = det.shape[0]
+    conics = torch.stack([cov_yy / det, -cov_xy / det, cov_xx / det], dim=-1)
     opacities = torch.where(depths >= NEAR_PLANE, opacities, torch.zeros_like(opacities))  # as gsplat: z == near kept
     with torch.no_grad():
         # Box half-widths of the ellipse where opacity * exp(-q/2) >= 1/255, axis by axis.
         extend = torch.sqrt(2 * torch.log((opacities / ALPHA_THRESHOLD).clamp_min(1.0)))
-        radii = torch.ceil(extend[..., None] * torch.sqrt(torch.stack([cov2d[..., 0, 0], cov2d[..., 1, 1]], -1)))
+        radii = torch.ceil(extend[..., None] * torch.sqrt(torch.stack([cov_xx, cov_yy], -1)))
     return Projected(
         means2d.expand(n_img, -1, -1), conics, opacities.expand(n_img, -1), depths.expand(n_img, -1),
         radii.to(torch.int64),
