@@ -7,7 +7,7 @@ import torch
 
 from dfd_ray.splat import Camera, SceneSplats, render
 from dfd_ray.splat.composite_torch import MAX_ALPHA, T_MIN
-from dfd_ray.splat.project import ALPHA_THRESHOLD, project
+from dfd_ray.splat.project import ALPHA_THRESHOLD, project, quat_to_rotmat, thin_lens_coc_px
 from tests.splat_helpers import CAM, random_splats
 
 def dense_oracle(splats: SceneSplats, **kwargs):
@@ -150,12 +150,7 @@ def test_projection_matches_the_matrix_form_of_ewa():
     Gaussians inside and outside the field of view (where the Jacobian clamps x/z and y/z)."""
     splats = random_splats(40, 3)
     cam = splats.camera
-    q = torch.nn.functional.normalize(splats.quats, dim=-1)
-    w, x, y, z = q.unbind(-1)
-    rot = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                       2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                       2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
-    rs = rot @ torch.diag_embed(torch.exp(splats.log_scales))
+    rs = quat_to_rotmat(splats.quats) @ torch.diag_embed(torch.exp(splats.log_scales))
     cov3d = rs @ rs.transpose(1, 2)
     mx, my, mz = splats.means.unbind(-1)
     lim_x = (cam.width - cam.cx) / cam.fx + 0.15 * cam.width / cam.fx, cam.cx / cam.fx + 0.15 * cam.width / cam.fx
@@ -168,7 +163,7 @@ def test_projection_matches_the_matrix_form_of_ewa():
     for s in (None, 0.2):
         cov2d = jac @ cov3d @ jac.transpose(1, 2) + 0.3 * torch.eye(2, dtype=mz.dtype)
         if s is not None:
-            coc = CAM.aperture * (s * CAM.focal_length / (s - CAM.focal_length)) / CAM.pixel_size * (1 / s - 1 / mz)
+            coc = thin_lens_coc_px(mz, s, cam.aperture, cam)
             blurred = cov2d + (coc**2 / 16)[:, None, None] * torch.eye(2, dtype=mz.dtype)
             opacity = torch.sigmoid(splats.opacity_logits) * torch.sqrt(torch.det(cov2d) / torch.det(blurred))
             cov2d = blurred

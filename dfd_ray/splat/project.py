@@ -55,8 +55,10 @@ def covariance_3d(quats: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor
     return torch.stack([s00, s01, s02, s01, s11, s12, s02, s12, s22], -1).reshape(*quats.shape[:-1], 3, 3)
 
 
-def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
-    """EWA projection: (means2d (N, 2) pixels, cov2d (N, 3) pixels² as its (xx, xy, yy)), without dilation."""
+def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor,
+                   camera: Camera) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EWA projection: means2d (N, 2) pixels and the 2D covariance's entries xx, xy, yy (N,)
+    pixels², without dilation."""
     x, y, z = means.unbind(-1)
     fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
     # Clamp limits from the whole sensor (gsplat uses the rendered image's; for an uncropped
@@ -78,7 +80,7 @@ def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor, camera: Camera) -> 
     cov_xy = j00 * j11 * s01 + j00 * j12 * s02 + j02 * j11 * s12 + j02 * j12 * s22
     cov_yy = j11 * j11 * s11 + 2 * j11 * j12 * s12 + j12 * j12 * s22
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
-    return means2d, torch.stack([cov_xx, cov_xy, cov_yy], dim=-1)
+    return means2d, cov_xx, cov_xy, cov_yy
 
 
 def thin_lens_coc_px(
@@ -127,10 +129,9 @@ def project(
     """
     camera = splats.camera
     cov3d = covariance_3d(splats.quats, splats.log_scales)
-    means2d, cov2d = perspective_2d(splats.means, cov3d, camera)
+    means2d, cov_xx, cov_xy, cov_yy = perspective_2d(splats.means, cov3d, camera)
     depths = splats.means[:, 2]
-    cov_xx, cov_xy, cov_yy = (cov2d[None] + torch.tensor([eps2d, 0.0, eps2d], dtype=cov2d.dtype,
-                                                        device=cov2d.device)).unbind(-1)  # (1, N) each
+    cov_xx, cov_xy, cov_yy = (cov_xx + eps2d)[None], cov_xy[None], (cov_yy + eps2d)[None]  # (1, N) each
     opacities = torch.sigmoid(splats.opacity_logits)[None]
     if coc_map is not None:
         if focus_distance is not None:
