@@ -1,6 +1,6 @@
 """Benchmark: where a model's defocus maps go wrong, on held-out stacks with GT depth and AIF.
 
-    python jobs/bench_coc_errors.py --data D [--model URI | --teacher [--splats STORE]] [--split test] [--stacks N]
+    python jobs/bench_coc_errors.py --data D [--model URI | --teacher [--splats STORE] | --prior] [--split test] [--stacks N]
 
 Every slice of every stack predicted on its own; per valid GT pixel the CoC error (predicted -
 GT CoC through the thin lens, pixels), binned two ways and printed as tables:
@@ -10,7 +10,9 @@ GT CoC through the thin lens, pixels), binned two ways and printed as tables:
 The AIF is read for this diagnosis only; nothing trains on it. Without `--model`: the shipped model.
 `--teacher` scores the training teacher instead of a model (`teachers.teacher_maps`, what `dfd-ray
 train` learns from: the splat fit's depth for scenes in `--splats`, else the classical stack
-depth), with a second MAE column weighted by the teacher's confidence.
+depth), with a second MAE column weighted by the teacher's confidence and the mean confidence.
+`--prior` scores the uninformed reading instead: per slice, the median CoC of the training split's
+GT depths (`train.gt_depths`) on every pixel, what a model that reads nothing does best in CoC MAE.
 """
 
 from __future__ import annotations
@@ -56,6 +58,19 @@ def teacher_cocs(splat_store: str):
     return predict
 
 
+def prior_cocs(train_prefix: str):
+    """A stack → per slice the median CoC (px) over the training GT depths, on every pixel, and no weights."""
+    from dfd_ray.train import gt_depths
+
+    depths = gt_depths(train_prefix, max_pixels=200_000)
+
+    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, None]:
+        cocs = [np.full((stack.height, stack.width), np.median(stack.lens.coc_px(depths, float(s))), np.float32)
+                for s in stack.focus_distances]
+        return np.stack(cocs), None
+    return predict
+
+
 def coc_errors(predict, prefix: str, max_stacks: int = 0) -> tuple[np.ndarray, ...]:
     """(signed CoC error, AIF contrast, GT CoC, weight) over every valid GT pixel of every slice
     of the first `max_stacks` stacks (0: all)."""
@@ -80,13 +95,14 @@ def coc_errors(predict, prefix: str, max_stacks: int = 0) -> tuple[np.ndarray, .
 def table(title: str, unit: str, key: np.ndarray, bins: tuple[float, ...], error: np.ndarray,
           weight: np.ndarray | None = None) -> str:
     """Markdown table of the error binned by `key`; with `weight`, a weighted-MAE column too."""
-    extra = " weighted MAE [px] |" if weight is not None else ""
+    extra = " weighted MAE [px] | mean weight |" if weight is not None else ""
     lines = [f"| {title} | share of pixels | CoC MAE [px] | mean error (bias) [px] |{extra}",
-             "|---|---|---|---|" + ("---|" if weight is not None else "")]
+             "|---|---|---|---|" + ("---|---|" if weight is not None else "")]
     rows = [(f"{lo:g}–{hi:g}{unit}", (key >= lo) & (key < hi)) for lo, hi in zip(bins[:-1], bins[1:])]
     for name, m in rows + [("all", np.ones_like(key, dtype=bool))]:
         if m.any():
-            cell = f" {np.average(np.abs(error[m]), weights=weight[m] + 1e-12):.3f} |" if weight is not None else ""
+            cell = (f" {np.average(np.abs(error[m]), weights=weight[m] + 1e-12):.3f} | {weight[m].mean():.3f} |"
+                    if weight is not None else "")
             lines.append(f"| {name} | {m.mean():.3f} | {np.abs(error[m]).mean():.3f} | {error[m].mean():+.3f} |{cell}")
     return "\n".join(lines)
 
@@ -96,11 +112,17 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="dataset root or split prefix")
     parser.add_argument("--model", default="", help="model URI (default: the shipped model)")
     parser.add_argument("--teacher", action="store_true", help="score the stack teacher instead of a model")
+    parser.add_argument("--prior", action="store_true", help="score the training GT's median CoC per slice instead")
     parser.add_argument("--splats", default="", help="with --teacher: a splat store whose fits teach")
     parser.add_argument("--split", default="test")
     parser.add_argument("--stacks", type=int, default=0, help="score the first N stacks only (0: all)")
     args = parser.parse_args()
-    predict = teacher_cocs(args.splats) if args.teacher else model_cocs(load_model(args.model)[0].eval())
+    if args.teacher:
+        predict = teacher_cocs(args.splats)
+    elif args.prior:
+        predict = prior_cocs(focalstack.split_prefix(args.data, "train"))
+    else:
+        predict = model_cocs(load_model(args.model)[0].eval())
     error, contrast, gt_coc, weight = coc_errors(predict, focalstack.split_prefix(args.data, args.split), args.stacks)
     weight = weight if args.teacher else None
     print(table("AIF local contrast", "", contrast, CONTRAST_BINS, error, weight))

@@ -25,9 +25,9 @@ def test_the_table_bins_shares_biases_and_weighted_errors(job):
     error = np.array([1.0, -0.5, 0.25, 2.0])
     weight = np.array([1.0, 0.0, 1.0, 1.0])
     rows = job.table("GT CoC", " px", key, (0.0, 0.5, 2.0, np.inf), error, weight).splitlines()
-    assert rows[2] == "| 0–0.5 px | 0.500 | 0.750 | +0.250 | 1.000 |"  # the second pixel weighs 0
-    assert rows[3] == "| 0.5–2 px | 0.250 | 0.250 | +0.250 | 0.250 |"
-    assert rows[-1] == "| all | 1.000 | 0.938 | +0.688 | 1.083 |"
+    assert rows[2] == "| 0–0.5 px | 0.500 | 0.750 | +0.250 | 1.000 | 0.500 |"  # the second pixel weighs 0
+    assert rows[3] == "| 0.5–2 px | 0.250 | 0.250 | +0.250 | 0.250 | 1.000 |"
+    assert rows[-1] == "| all | 1.000 | 0.938 | +0.688 | 1.083 | 0.750 |"
     assert "weighted" not in job.table("GT CoC", " px", key, (0.0, np.inf), error).splitlines()[0]
 
 
@@ -44,3 +44,16 @@ def test_teacher_mode_scores_the_teachers_coc_through_the_lens(job, tmp_path):
                                for s in stack.focus_distances])
     np.testing.assert_allclose(error, expected, atol=1e-5)
     np.testing.assert_allclose(weight, np.tile(conf[valid], len(stack.focus_distances)))
+
+
+def test_prior_mode_predicts_each_slices_median_training_coc(job, tmp_path):
+    synth.run(load_config(synth.SynthConfig, [f"out={tmp_path}", "n_scenes=2", "n_test=1", "height=32",
+                                              "width=32", "seed=4"]))
+    train = list(focalstack.read_stacks(focalstack.split_prefix(str(tmp_path), "train")))
+    depths = np.concatenate([st.depth[st.depth > 0] for st in train])  # 2 × 32² pixels: all of them are the sample
+    test = next(iter(focalstack.read_stacks(focalstack.split_prefix(str(tmp_path), "test"))))
+    cocs, weight = job.prior_cocs(focalstack.split_prefix(str(tmp_path), "train"))(test)
+    assert weight is None and cocs.shape == (len(test.focus_distances), 32, 32)
+    for k, s in enumerate(test.focus_distances):
+        np.testing.assert_allclose(cocs[k], np.median(test.lens.coc_px(depths, float(s))), rtol=1e-6)
+    assert np.ptp(cocs.reshape(len(cocs), -1).mean(1)) > 0  # a different constant per focus distance
