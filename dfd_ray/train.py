@@ -158,7 +158,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 def gt_depths(prefix: str, max_pixels: int = 2_000_000, seed: int = 0) -> np.ndarray:
     """A sample of the valid GT depths of a prefix (metres): the depth prior of `supervision=gt`."""
-    depths = np.concatenate([st.depth[st.depth > 0] for st in focalstack.read_stacks(prefix) if st.depth is not None])
+    found = [st.depth[st.depth > 0] for st in focalstack.read_stacks(prefix) if st.depth is not None]
+    depths = np.concatenate(found) if found else np.zeros(0, np.float32)
     if not depths.size:
         raise ConfigError(f"config key 'supervision': 'gt' needs GT depth, and {prefix} has none")
     return np.random.default_rng(seed).choice(depths, size=min(max_pixels, depths.size), replace=False)

@@ -60,9 +60,13 @@ def teacher_cocs(splat_store: str):
 
 def prior_cocs(train_prefix: str):
     """A stack → per slice the median CoC (px) over the training GT depths, on every pixel, and no weights."""
+    from dfd_ray.config import ConfigError
     from dfd_ray.train import gt_depths
 
-    depths = gt_depths(train_prefix, max_pixels=200_000)
+    try:
+        depths = gt_depths(train_prefix, max_pixels=200_000)
+    except ConfigError:
+        raise SystemExit(f"--prior: {train_prefix} holds no GT depth to take the prior from") from None
 
     def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, None]:
         cocs = [np.full((stack.height, stack.width), np.median(stack.lens.coc_px(depths, float(s))), np.float32)
@@ -94,7 +98,7 @@ def coc_errors(predict, prefix: str, max_stacks: int = 0) -> tuple[np.ndarray, .
 
 def table(title: str, unit: str, key: np.ndarray, bins: tuple[float, ...], error: np.ndarray,
           weight: np.ndarray | None = None) -> str:
-    """Markdown table of the error binned by `key`; with `weight`, a weighted-MAE column too."""
+    """Markdown table of the error binned by `key`; with `weight`, a weighted-MAE and a mean-weight column too."""
     extra = " weighted MAE [px] | mean weight |" if weight is not None else ""
     lines = [f"| {title} | share of pixels | CoC MAE [px] | mean error (bias) [px] |{extra}",
              "|---|---|---|---|" + ("---|---|" if weight is not None else "")]
@@ -111,8 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset root or split prefix")
     parser.add_argument("--model", default="", help="model URI (default: the shipped model)")
-    parser.add_argument("--teacher", action="store_true", help="score the stack teacher instead of a model")
-    parser.add_argument("--prior", action="store_true", help="score the training GT's median CoC per slice instead")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--teacher", action="store_true", help="score the stack teacher instead of a model")
+    mode.add_argument("--prior", action="store_true", help="score the training GT's median CoC per slice instead")
     parser.add_argument("--splats", default="", help="with --teacher: a splat store whose fits teach")
     parser.add_argument("--split", default="test")
     parser.add_argument("--stacks", type=int, default=0, help="score the first N stacks only (0: all)")
@@ -120,7 +125,10 @@ def main() -> None:
     if args.teacher:
         predict = teacher_cocs(args.splats)
     elif args.prior:
-        predict = prior_cocs(focalstack.split_prefix(args.data, "train"))
+        train = focalstack.split_prefix(args.data, "train")
+        if not train.rstrip("/").endswith("train"):  # split_prefix falls back to another split: that would be scored on itself
+            raise SystemExit(f"--prior: {args.data} has no train split to take the prior from")
+        predict = prior_cocs(train)
     else:
         predict = model_cocs(load_model(args.model)[0].eval())
     error, contrast, gt_coc, weight = coc_errors(predict, focalstack.split_prefix(args.data, args.split), args.stacks)

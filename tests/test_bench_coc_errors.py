@@ -57,3 +57,11 @@ def test_prior_mode_predicts_each_slices_median_training_coc(job, tmp_path):
     for k, s in enumerate(test.focus_distances):
         np.testing.assert_allclose(cocs[k], np.median(test.lens.coc_px(depths, float(s))), rtol=1e-6)
     assert np.ptp(cocs.reshape(len(cocs), -1).mean(1)) > 0  # a different constant per focus distance
+
+
+def test_prior_mode_refuses_a_dataset_without_a_train_split(job, tmp_path, monkeypatch):
+    synth.run(load_config(synth.SynthConfig, [f"out={tmp_path}", "n_scenes=0", "n_test=1", "height=32",
+                                              "width=32", "seed=4"]))
+    monkeypatch.setattr("sys.argv", ["bench_coc_errors.py", "--data", str(tmp_path), "--prior"])
+    with pytest.raises(SystemExit, match="no train split"):
+        job.main()

@@ -200,3 +200,14 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(ray_session, data, s
         assert resumed[: len(history)] == history  # same run, picked up where it stopped
         assert [(h["step"], h["resumed_from"]) for h in resumed[len(history):]] == [(14, 12)]
         assert [h["lr"] for h in resumed[-2:]] == pytest.approx([3e-3, 1.5e-3])
+
+
+def test_gt_depths_of_stacks_without_depth_is_a_config_error(tmp_path):
+    import dataclasses
+
+    src = focalstack.split_prefix(tiny_dataset(tmp_path / "d"), "train")
+    stacks = [dataclasses.replace(st, depth=None) for st in focalstack.read_stacks(src)]
+    prefix = str(tmp_path / "nogt" / "train")
+    focalstack.write_stacks(stacks, prefix)
+    with pytest.raises(ConfigError, match="needs GT depth"):
+        train.gt_depths(prefix)
