@@ -159,7 +159,7 @@ class DepthPredictor:
     def _forward(self, images, lens):
         import torch
 
-        out = self.model(images, lens[:, 0], optics.Lens(lens[:, 1], lens[:, 2], lens[:, 3]))
+        out = self.model(images, lens[:, 0], optics.Lens(lens[:, 1], lens[:, 2], lens[:, 3]), likelihood=False)
         return torch.stack([torch.log(out["depth"]), out["coc"], torch.log(out["coc_scale"]), out["side_logit"]], 1)
 
     def _predict(self, rows: list[int], batch: dict) -> tuple[list[np.ndarray], list[int]]:

@@ -89,7 +89,8 @@ def training_step(model: torch.nn.Module, batch: dict, weights: LossWeights, *, 
     lens = optics.Lens(*(batch[k].float()[:, None].expand(b, s) for k in ("focal_length", "f_number", "pixel_size")))
     gain = lens.gain_px(focus)  # (B, S) px·m
     flat = images.reshape(b * s, 3, h, w)
-    out = model(flat, focus.reshape(-1), optics.Lens(*(v.reshape(-1) for v in (lens.focal_length, lens.f_number, lens.pixel_size))))
+    out = model(flat, focus.reshape(-1), optics.Lens(*(v.reshape(-1) for v in (lens.focal_length, lens.f_number, lens.pixel_size))),
+                likelihood=weights.teacher_nll > 0)
     coc, depth = out["coc"].reshape(b, s, h, w), out["depth"].reshape(b, s, h, w)
 
     if supervision == "gt":

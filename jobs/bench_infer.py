@@ -53,7 +53,7 @@ def plain_loop(folder: str, model_uri: str, batch: int, tile: int, overlap: int,
     paths, _ = photos.list_photos(f"{folder}/photos")
 
     def forward(x, lens):
-        return torch.log(model(x, lens[:, 0], optics.Lens(lens[:, 1], lens[:, 2], lens[:, 3]))["depth"])[:, None]
+        return torch.log(model(x, lens[:, 0], optics.Lens(lens[:, 1], lens[:, 2], lens[:, 3]), likelihood=False)["depth"])[:, None]
 
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]

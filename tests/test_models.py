@@ -203,3 +203,45 @@ def test_a_torn_model_file_is_named_in_the_error(tmp_path, damage, message):
     (tmp_path / "m" / name).write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ValueError, match=message):
         load_model(uri)
+
+
+@pytest.mark.parametrize("splat", [False, True])
+def test_the_numba_posterior_equals_the_torch_posterior_in_value_and_gradient(splat):
+    model = DFDModel(ModelConfig())
+    model.depthnet.set_prior(torch.rand(4000, generator=torch.Generator().manual_seed(0)) * 2.9 + 0.1)
+    g = torch.Generator().manual_seed(1)
+    n, h, w = 10, 12, 12
+    focus = torch.tensor([0.1, 0.15, 0.3, 0.7, 1.5], dtype=torch.float64).repeat(2)  # 0.1 m: one side only
+    gain = torch.full((n,), 0.70, dtype=torch.float64)
+    maps = [torch.rand(n, h, w, generator=g, dtype=torch.float64) * 6,
+            torch.rand(n, h, w, generator=g, dtype=torch.float64) * 0.8 + 0.05,
+            torch.randn(n, h, w, generator=g, dtype=torch.float64) * 3]
+    prior = ((torch.rand(n, h, w, generator=g, dtype=torch.float64) * 2 + 0.1,
+              torch.rand(n, h, w, generator=g, dtype=torch.float64)) if splat else (None, None))
+    upstream = torch.randn(n, h, w, generator=g, dtype=torch.float64)
+    results = {}
+    for backend in ("torch", "numba"):
+        inputs = [m.clone().requires_grad_() for m in maps]
+        depth, near = model.depthnet.decode_photo(*inputs, focus, gain, *prior, backend=backend)
+        ((depth * upstream).sum() + near.sum()).backward()
+        results[backend] = [depth.detach(), near.detach()] + [x.grad for x in inputs]
+    assert float(results["numba"][1][:1].max()) == -30.0  # nothing in front of 0.1 m
+    for name, ref, got in zip(("depth", "near_logit", "dcoc", "dscale", "dside"), results["torch"], results["numba"]):
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max())), name
+
+
+def test_near_logit_is_the_side_logit_plus_the_evidence_and_passes_its_gradient_whole():
+    # The side factor sigmoid(±z) is one constant per side, so the posterior's side log-odds are
+    # z plus the CoC's and prior's own odds, with d/dz = 1: checked against the normalised posterior.
+    net = DFDModel(ModelConfig()).depthnet
+    g = torch.Generator().manual_seed(2)
+    s, gain = torch.tensor([0.3, 0.7]), torch.tensor([0.7, 0.7])
+    coc_lik = net.coc_log_likelihood(torch.rand(2, 4, 4, generator=g) * 3, torch.full((2, 4, 4), 0.3), s, gain)
+    z = torch.randn(2, 4, 4, generator=g).requires_grad_()
+    post = net.posterior(coc_lik + net.side_log_likelihood(z, s))
+    near = net._near(s)
+    direct = torch.log((post * near).sum(1)) - torch.log((post * (1 - near)).sum(1))
+    logit = net.near_logit(coc_lik, z, s)
+    assert torch.allclose(logit, direct, atol=1e-4)
+    logit.sum().backward()
+    assert torch.allclose(z.grad, torch.ones_like(z))

@@ -39,6 +39,7 @@ from torch import nn
 
 from dfd_ray import optics
 from dfd_ray.filters import gaussian_blur, local_variance
+from dfd_ray.models import posterior_numba
 
 ARCH = "lens-posterior-v2"
 LOGIT_CAP = 30.0  # |near_logit| bound: sigmoid(30) is 1 to float precision  # written to model.json; a model of another architecture fails to load by name
@@ -197,24 +198,28 @@ class DepthNet(nn.Module):
         z = side_logit[:, None]
         return torch.where(self._near(focus_distance).bool(), F.logsigmoid(z), F.logsigmoid(-z))
 
+    def side_evidence(self, coc_log_likelihood: torch.Tensor, focus_distance: torch.Tensor) -> torch.Tensor:
+        """(N, H, W): log-odds of the CoC likelihood times the prior in front of the focus plane
+        against behind it (±inf where one side has no bins); not differentiated.
+
+        The side factor sigmoid(±z) is one constant per side, so the posterior's side log-odds are
+        exactly z plus this: one pass over the grid, and no gradient of its own to carry."""
+        with torch.no_grad():
+            log_a = coc_log_likelihood + self.log_prior.view(-1, 1, 1)
+            mass = torch.exp(log_a - log_a.amax(dim=1, keepdim=True))
+            near = self._near(focus_distance)
+            return torch.log((mass * near).sum(1)) - torch.log((mass * (1 - near)).sum(1))
+
     def near_logit(self, coc_log_likelihood: torch.Tensor, side_logit: torch.Tensor,
                    focus_distance: torch.Tensor) -> torch.Tensor:
-        """(N, H, W): log-odds of the posterior's mass in front of the focus plane against behind it.
+        """(N, H, W): log-odds of the posterior's mass in front of the focus plane against behind it,
+        within ±LOGIT_CAP (a focus plane at an end of the grid leaves one side empty: ±LOGIT_CAP, and
+        `has_both_sides` is False there: no side to learn).
 
         What the side loss trains: the side net learns the evidence the prior and the CoC do not
         already carry, so nothing is counted twice (a classifier of the side on its own would
         learn the prior's odds again)."""
-        log_post = self.log_posterior(coc_log_likelihood + self.side_log_likelihood(side_logit, focus_distance))
-        near = self._near(focus_distance)
-        # Both sides' masses relative to the posterior's peak: the shift cancels in the odds (value
-        # and gradient), and the peak's side holds a mass >= 1, so a side that matters (odds within
-        # ±LOGIT_CAP) has a mass far above float32's floor. One exp over the grid instead of two
-        # log-sum-exps. A focus plane at an end of the grid leaves one side empty (mass 0): the odds
-        # are then ±LOGIT_CAP (and `has_both_sides` is False: no side to learn).
-        mass = torch.exp(log_post - log_post.amax(dim=1, keepdim=True).detach())
-        near_mass, far_mass = (mass * near).sum(1), (mass * (1 - near)).sum(1)
-        odds = torch.log(near_mass.clamp_min(1e-30)) - torch.log(far_mass.clamp_min(1e-30))
-        return odds.clamp(-LOGIT_CAP, LOGIT_CAP)
+        return (side_logit + self.side_evidence(coc_log_likelihood, focus_distance)).clamp(-LOGIT_CAP, LOGIT_CAP)
 
     def has_both_sides(self, focus_distance: torch.Tensor) -> torch.Tensor:
         """(N,) bool: whether the grid holds depths on both sides of each focus plane."""
@@ -252,6 +257,33 @@ class DepthNet(nn.Module):
         """Log-likelihood (..., K, H, W) (+ an optional splat depth and confidence (..., H, W)) → depth (..., H, W) m."""
         return self.median_depth(self.posterior(log_likelihood, prior_depth, prior_conf))
 
+    def decode_photo(self, coc: torch.Tensor, scale: torch.Tensor, side_logit: torch.Tensor,
+                     focus_distance: torch.Tensor, gain: torch.Tensor, prior_depth: torch.Tensor | None = None,
+                     prior_conf: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """One photo's maps (N, H, W): CoC and scale [px], side logit; focus (N,) m, gain (N,) px·m
+        (+ an optional splat depth m and confidence) → (depth m, near_logit): `decode` of the CoC
+        and side likelihoods, and `near_logit` of the CoC's (the CoC detached there).
+
+        backend "numba" (CPU; "auto" there) walks each pixel's bins in one compiled pass
+        (`posterior_numba`, same values and gradients); "torch" forms the (N, K, H, W) posterior."""
+        if backend == "auto":
+            backend = "numba" if coc.device.type == "cpu" else "torch"
+        if backend == "torch":
+            coc_lik = self.coc_log_likelihood(coc, scale, focus_distance, gain)
+            depth = self.decode(coc_lik + self.side_log_likelihood(side_logit, focus_distance), prior_depth, prior_conf)
+            return depth, self.near_logit(coc_lik.detach(), side_logit, focus_distance)
+        if backend != "numba":
+            raise ValueError(f"backend must be auto, torch or numba, got {backend!r}")
+        if prior_depth is None:
+            splat_log_depth, splat_weight = torch.zeros_like(coc), torch.zeros_like(coc)
+        else:
+            conf = prior_conf if prior_conf is not None else torch.ones_like(prior_depth)
+            splat_log_depth = torch.log(prior_depth.clamp_min(1e-3))
+            splat_weight = 0.5 * conf / self.cfg.prior_sigma_log**2
+        depth, evidence = posterior_numba.decode_photo(coc, scale, side_logit, focus_distance, gain,
+                                                       self.inverse_depths, self.log_prior, splat_log_depth, splat_weight)
+        return depth, (side_logit + evidence).clamp(-LOGIT_CAP, LOGIT_CAP)
+
 
 class DFDModel(nn.Module):
     """SDNet and DepthNet together: one image (and its lens) → CoC, its scale, side logit, depth."""
@@ -263,21 +295,22 @@ class DFDModel(nn.Module):
         self.depthnet = DepthNet(cfg)
 
     def forward(self, image: torch.Tensor, focus_distance: torch.Tensor, lens: optics.Lens,
-                prior_depth: torch.Tensor | None = None,
-                prior_conf: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                prior_depth: torch.Tensor | None = None, prior_conf: torch.Tensor | None = None,
+                likelihood: bool = True) -> dict[str, torch.Tensor]:
         """images (N, 3, H, W) sRGB in [0, 1], focus distances (N,) [m] and the lens (fields of
         shape (N,) or floats) → maps (N, H, W): coc [px], coc_scale [px], side_logit, near_logit
         (the posterior's side, for the side loss; it reaches the side net only), depth [m], and
-        log_likelihood (N, K, H, W)."""
+        with `likelihood` log_likelihood (N, K, H, W) (for lens fusion and the posterior NLL; the
+        depth itself never forms it on CPU)."""
         gain = lens.gain_px(focus_distance)
         coc, scale = self.sdnet(image, focus_distance, gain)
         side = self.depthnet.side_logit(coc, scale, image, focus_distance, gain)
-        coc_lik = self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain)
-        log_lik = coc_lik + self.depthnet.side_log_likelihood(side, focus_distance)
-        depth = self.depthnet.decode(log_lik, prior_depth, prior_conf)
-        near = self.depthnet.near_logit(coc_lik.detach(), side, focus_distance)
-        return {"coc": coc, "coc_scale": scale, "side_logit": side, "near_logit": near, "depth": depth,
-                "log_likelihood": log_lik}
+        depth, near = self.depthnet.decode_photo(coc, scale, side, focus_distance, gain, prior_depth, prior_conf)
+        out = {"coc": coc, "coc_scale": scale, "side_logit": side, "near_logit": near, "depth": depth}
+        if likelihood:
+            out["log_likelihood"] = (self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain)
+                                     + self.depthnet.side_log_likelihood(side, focus_distance))
+        return out
 
     def fuse(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
              prior_conf: torch.Tensor | None = None) -> torch.Tensor:

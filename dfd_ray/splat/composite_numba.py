@@ -15,23 +15,16 @@ summed per Gaussian afterwards.
 from __future__ import annotations
 
 import math
-import threading
 
 import numba
 import numpy as np
 import torch
 
+from dfd_ray.numba_threads import launch
 from dfd_ray.splat.composite_torch import MAX_ALPHA, T_MIN, boxes
 from dfd_ray.splat.project import ALPHA_THRESHOLD, Projected
 
 TILE = 16  # pixels per tile side, as gsplat's
-# The workqueue threading layer, not OpenMP: numba's OpenMP layer shares torch's libgomp, so it
-# resets torch's thread count (a 1-CPU actor ran on 2 threads) and its idle threads spin, so two
-# processes rendering at once on 2 cores ran 11x slower each (docs/benchmarks.md, "The renderer
-# pool's contention"). Workqueue aborts the process when two threads launch parallel kernels at
-# once (a fit runs in a thread beside its progress generator): one launch at a time.
-numba.config.THREADING_LAYER = "workqueue"
-_LAUNCH = threading.Lock()
 
 
 @numba.njit(cache=True)
@@ -227,13 +220,6 @@ def _sum_per_gaussian(entry_grads, entries, n_total):
     return out
 
 
-def _launch(kernel, *args):
-    """Run a parallel kernel on as many threads as torch uses here (set per launching thread)."""
-    with _LAUNCH:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        return kernel(*args)
-
-
 class _Composite(torch.autograd.Function):
     """(means2d (B, N, 2), conics (B, N, 3), opacities (B, N), payload (B, N, P)) → acc (B, H, W, P)."""
 
@@ -244,7 +230,7 @@ class _Composite(torch.autograd.Function):
         feat = feat.detach().double().numpy()
         pay = payload.detach().reshape(-1, payload.shape[-1]).double().numpy()
         box, offsets, entries, tiles_x, tiles_y = lists
-        acc = _launch(_forward, feat, pay, box, offsets, entries, n_img, height, width, tiles_x, tiles_y)
+        acc = launch(_forward, feat, pay, box, offsets, entries, n_img, height, width, tiles_x, tiles_y)
         ctx.kernel_args = (feat, pay, box, offsets, entries, n_img, height, width, tiles_x, tiles_y, acc)
         ctx.dtypes = (means2d.dtype, payload.dtype)
         ctx.shapes = (means2d.shape[:2], payload.shape)
@@ -255,7 +241,7 @@ class _Composite(torch.autograd.Function):
         *args, acc = ctx.kernel_args
         grad = np.ascontiguousarray(grad_acc.detach().reshape(acc.shape).double().numpy())
         entries = args[4]
-        per_entry = _launch(_backward, *args, acc, grad)
+        per_entry = launch(_backward, *args, acc, grad)
         per_gaussian = torch.from_numpy(_sum_per_gaussian(per_entry, entries, args[0].shape[0]))
         (b, n), pay_shape = ctx.shapes
         geo_dtype, pay_dtype = ctx.dtypes
