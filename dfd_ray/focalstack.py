@@ -259,12 +259,20 @@ def dataset_prefixes(uri: str) -> list[str]:
     return found
 
 
+def _split_among(prefixes: list[str], split: str) -> str | None:
+    return next((p for p in prefixes if p.rstrip("/").endswith(split)), None)
+
+
+def find_split(uri: str, split: str) -> str | None:
+    """The prefix of `split` ("train" or "test") under a dataset root, or None where it has none."""
+    return _split_among(dataset_prefixes(uri), split)
+
+
 def split_prefix(uri: str, split: str) -> str:
     """The prefix of `split` ("train" or "test") under a dataset root, else the root's first (or
     only) prefix: what training reads and what evaluation scores."""
     prefixes = dataset_prefixes(uri)
-    matching = [p for p in prefixes if p.rstrip("/").endswith(split)]
-    return (matching or prefixes)[0]
+    return _split_among(prefixes, split) or prefixes[0]
 
 
 def _schema_problems(schema: pa.Schema) -> list[str]:

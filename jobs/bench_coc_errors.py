@@ -44,7 +44,7 @@ def model_cocs(model):
     def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, None]:
         with torch.no_grad():
             out = model(torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2),
-                        torch.from_numpy(stack.focus_distances.astype(np.float32)), stack.lens)
+                        torch.from_numpy(stack.focus_distances.astype(np.float32)), stack.lens, likelihood=False)
         return out["coc"].numpy(), None
     return predict
 
@@ -125,8 +125,8 @@ def main() -> None:
     if args.teacher:
         predict = teacher_cocs(args.splats)
     elif args.prior:
-        train = focalstack.split_prefix(args.data, "train")
-        if not train.rstrip("/").endswith("train"):  # split_prefix falls back to another split: that would be scored on itself
+        train = focalstack.find_split(args.data, "train")
+        if train is None:  # split_prefix would fall back to another split: scored on itself
             raise SystemExit(f"--prior: {args.data} has no train split to take the prior from")
         predict = prior_cocs(train)
     else:

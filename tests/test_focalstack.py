@@ -11,8 +11,10 @@ from dfd_ray.focalstack import (
     DatasetError,
     FocalStack,
     encode_png,
+    find_split,
     read_stacks,
     read_table,
+    split_prefix,
     stack_to_row,
     validate,
     write_stacks,
@@ -123,6 +125,16 @@ def test_dataset_root_hint(tmp_path):
     write_stacks([_stack(0)], str(tmp_path / "train"))
     with pytest.raises(DatasetError, match="holds splits"):
         list(read_stacks(str(tmp_path)))
+
+
+def test_split_lookup(tmp_path):
+    write_stacks([_stack(0)], str(tmp_path / "test"))
+    assert find_split(str(tmp_path), "test").rstrip("/").endswith("test")
+    assert find_split(str(tmp_path), "train") is None
+    # training on a root with one split reads that split
+    assert split_prefix(str(tmp_path), "train") == find_split(str(tmp_path), "test")
+    write_stacks([_stack(1)], str(tmp_path / "train"))
+    assert split_prefix(str(tmp_path), "train").rstrip("/").endswith("train")
 
 
 def test_png_modes():

@@ -220,14 +220,17 @@ def test_the_numba_posterior_equals_the_torch_posterior_in_value_and_gradient(sp
               torch.rand(n, h, w, generator=g, dtype=torch.float64)) if splat else (None, None))
     upstream = torch.randn(n, h, w, generator=g, dtype=torch.float64)
     results = {}
-    for backend in ("torch", "numba"):
+    for backend in ("torch", "torch+likelihood", "numba"):  # +likelihood: the caller formed the CoC's
         inputs = [m.clone().requires_grad_() for m in maps]
-        depth, near = model.depthnet.decode_photo(*inputs, focus, gain, *prior, backend=backend)
+        given = ({"coc_log_likelihood": model.depthnet.coc_log_likelihood(inputs[0], inputs[1], focus, gain)}
+                 if backend.endswith("+likelihood") else {})
+        depth, near = model.depthnet.decode_photo(*inputs, focus, gain, *prior, backend=backend.split("+")[0], **given)
         ((depth * upstream).sum() + near.sum()).backward()
         results[backend] = [depth.detach(), near.detach()] + [x.grad for x in inputs]
     assert float(results["numba"][1][:1].max()) == -30.0  # nothing in front of 0.1 m
-    for name, ref, got in zip(("depth", "near_logit", "dcoc", "dscale", "dside"), results["torch"], results["numba"]):
-        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max())), name
+    for other in ("torch+likelihood", "numba"):
+        for name, ref, got in zip(("depth", "near_logit", "dcoc", "dscale", "dside"), results["torch"], results[other]):
+            assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max())), (other, name)
 
 
 def test_near_logit_is_the_side_logit_plus_the_evidence_and_passes_its_gradient_whole():

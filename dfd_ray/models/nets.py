@@ -236,11 +236,16 @@ class DepthNet(nn.Module):
         confidence, (..., H, W)) → the normalised posterior over the grid (..., K, H, W)."""
         log_post = self.log_posterior(log_likelihood)
         if prior_depth is not None:
-            conf = prior_conf if prior_conf is not None else torch.ones_like(prior_depth)
+            log_depth, weight = self.splat_factor(prior_depth, prior_conf)
             t = torch.log(1.0 / self.inverse_depths).view(-1, 1, 1)
-            dist = (t - torch.log(prior_depth.clamp_min(1e-3))[..., None, :, :]) / self.cfg.prior_sigma_log
-            log_post = log_post - 0.5 * conf[..., None, :, :] * dist**2
+            log_post = log_post - weight[..., None, :, :] * (t - log_depth[..., None, :, :])**2
         return torch.softmax(log_post, dim=-3)
+
+    def splat_factor(self, prior_depth: torch.Tensor, prior_conf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A depth factor's depth m and confidence (..., H, W) (confidence 1 where None) → (its log depth,
+        the weight w of the log-normal -w (log t - log d)², w = conf / (2 σ²), σ = prior_sigma_log)."""
+        conf = prior_conf if prior_conf is not None else torch.ones_like(prior_depth)
+        return torch.log(prior_depth.clamp_min(1e-3)), 0.5 * conf / self.cfg.prior_sigma_log**2
 
     def median_depth(self, posterior: torch.Tensor) -> torch.Tensor:
         """Posterior (..., K, H, W) → its AbsRel-optimal depth (..., H, W) m: the median of the depths
@@ -259,17 +264,20 @@ class DepthNet(nn.Module):
 
     def decode_photo(self, coc: torch.Tensor, scale: torch.Tensor, side_logit: torch.Tensor,
                      focus_distance: torch.Tensor, gain: torch.Tensor, prior_depth: torch.Tensor | None = None,
-                     prior_conf: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                     prior_conf: torch.Tensor | None = None, backend: str = "auto",
+                     coc_log_likelihood: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One photo's maps (N, H, W): CoC and scale [px], side logit; focus (N,) m, gain (N,) px·m
         (+ an optional splat depth m and confidence) → (depth m, near_logit): `decode` of the CoC
         and side likelihoods, and `near_logit` of the CoC's (the CoC detached there).
 
         backend "numba" (CPU; "auto" there) walks each pixel's bins in one compiled pass
-        (`posterior_numba`, same values and gradients); "torch" forms the (N, K, H, W) posterior."""
+        (`posterior_numba`, same values and gradients); "torch" forms the (N, K, H, W) posterior,
+        from `coc_log_likelihood` where the caller has formed it already."""
         if backend == "auto":
             backend = "numba" if coc.device.type == "cpu" else "torch"
         if backend == "torch":
-            coc_lik = self.coc_log_likelihood(coc, scale, focus_distance, gain)
+            coc_lik = (coc_log_likelihood if coc_log_likelihood is not None
+                       else self.coc_log_likelihood(coc, scale, focus_distance, gain))
             depth = self.decode(coc_lik + self.side_log_likelihood(side_logit, focus_distance), prior_depth, prior_conf)
             return depth, self.near_logit(coc_lik.detach(), side_logit, focus_distance)
         if backend != "numba":
@@ -277,9 +285,7 @@ class DepthNet(nn.Module):
         if prior_depth is None:
             splat_log_depth, splat_weight = torch.zeros_like(coc), torch.zeros_like(coc)
         else:
-            conf = prior_conf if prior_conf is not None else torch.ones_like(prior_depth)
-            splat_log_depth = torch.log(prior_depth.clamp_min(1e-3))
-            splat_weight = 0.5 * conf / self.cfg.prior_sigma_log**2
+            splat_log_depth, splat_weight = self.splat_factor(prior_depth, prior_conf)
         depth, evidence = posterior_numba.decode_photo(coc, scale, side_logit, focus_distance, gain,
                                                        self.inverse_depths, self.log_prior, splat_log_depth, splat_weight)
         return depth, (side_logit + evidence).clamp(-LOGIT_CAP, LOGIT_CAP)
@@ -305,11 +311,12 @@ class DFDModel(nn.Module):
         gain = lens.gain_px(focus_distance)
         coc, scale = self.sdnet(image, focus_distance, gain)
         side = self.depthnet.side_logit(coc, scale, image, focus_distance, gain)
-        depth, near = self.depthnet.decode_photo(coc, scale, side, focus_distance, gain, prior_depth, prior_conf)
+        coc_lik = self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain) if likelihood else None
+        depth, near = self.depthnet.decode_photo(coc, scale, side, focus_distance, gain, prior_depth, prior_conf,
+                                                 coc_log_likelihood=coc_lik)
         out = {"coc": coc, "coc_scale": scale, "side_logit": side, "near_logit": near, "depth": depth}
         if likelihood:
-            out["log_likelihood"] = (self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain)
-                                     + self.depthnet.side_log_likelihood(side, focus_distance))
+            out["log_likelihood"] = coc_lik + self.depthnet.side_log_likelihood(side, focus_distance)
         return out
 
     def fuse(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,

@@ -72,16 +72,16 @@ def _bins(p, hw, coc, scale, side, inv_focus, gain, u, log_t, log_prior, splat_l
                 w[k] = m * u[k] * far_side
             total += w[k]
     else:  # the splat factor can be e^-500 away from the CoC's peak: the log domain, two exps
-        q_max = -np.inf
+        q_max, log_near, log_far = -np.inf, math.log(near_side), math.log(far_side)
         for k in range(k_bins):
             m = math.exp(w[k] - a_max)
             d = log_t[k] - splat_log_depth[p]
             if u[k] > inv_s:
                 front += m
-                w[k] += math.log(near_side)
+                w[k] += log_near
             else:
                 behind += m
-                w[k] += math.log(far_side)
+                w[k] += log_far
             w[k] -= log_t[k] + splat_weight[p] * d * d
             q_max = max(q_max, w[k])
         for k in range(k_bins):
@@ -110,10 +110,9 @@ def _median(w, total, t):
     if j == 0:
         return t[0], 0, 0, 1.0, 0.0
     frac = (half - cum) / max(w[j], 1e-12 * total)
-    if frac < 0.0 or frac > 1.0:
-        frac = min(max(frac, 0.0), 1.0)
-        return t[j - 1] + frac * (t[j] - t[j - 1]), j - 1, j, frac, 0.0
-    return t[j - 1] + frac * (t[j] - t[j - 1]), j - 1, j, frac, w[j] / total
+    delta = w[j] / total if 0.0 <= frac <= 1.0 else 0.0
+    frac = min(max(frac, 0.0), 1.0)
+    return t[j - 1] + frac * (t[j] - t[j - 1]), j - 1, j, frac, delta
 
 
 @numba.njit(parallel=True, cache=True)
