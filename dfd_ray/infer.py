@@ -1,7 +1,9 @@
 """`dfd-ray infer --model URI --input URI --out URI`: metric depth for every photo under a prefix.
 
-    read_binary_files ─▶ decode + camera ─▶ DepthPredictor actors (tiles) ─▶ write PNGs + rows
-    (or focal-stack Parquet, one row per slice)     (ActorPoolStrategy)       (tasks)
+    photo URIs ─▶ read + decode + camera ─▶ DepthPredictor actors (tiles) ─▶ write PNGs + rows
+    (or focal-stack Parquet, one row per slice)  (tasks)   (ActorPoolStrategy)      (tasks)
+
+(on CPU-only clusters one actor per replica does all of it, `PhotoPipeline`).
 
 Input: PNG/JPEG/TIFF photos under a local or s3:// prefix (recursive), or a focal-stack Parquet
 dataset (each slice is a photo, its camera from the stack). Camera values per photo: manifest,
@@ -109,7 +111,8 @@ def stack_slices(row: dict, input_prefix: str, done: frozenset) -> list[dict]:
 
 
 def decode(batch: dict, input_prefix: str, manifest: dict, defaults: dict) -> dict:
-    """Photo bytes → raw uint16 pixels + camera values, or an error stage and message per row."""
+    """Photo URIs (read here) or slice bytes → raw uint16 pixels + camera values, or an error
+    stage and message per row."""
     n = len(batch["path"])
     from_stack = "focus_distance" in batch
     out: dict[str, list] = {k: [] for k in ("path", "key", "scene_id", "pixels", "height", "width", "camera_source",
@@ -120,15 +123,16 @@ def decode(batch: dict, input_prefix: str, manifest: dict, defaults: dict) -> di
             key, scene_id = batch["key"][i], batch["scene_id"][i]
             given, label = {k: float(batch[k][i]) for k in photos.CAMERA_KEYS}, "stack"
         else:
-            path = storage.as_uri(path, input_prefix)
             key = photos.photo_key(path, input_prefix)
             given, label = manifest.get(key), "manifest"
             scene_id = (given or {}).get("scene_id", "")
         pixels, camera, stage, message = b"", {k: float("nan") for k in photos.CAMERA_KEYS}, "", ""
         h = w = 0
         try:
+            stage = "read"
+            data = batch["bytes"][i] if from_stack else storage.read_bytes(path)
             stage = "decode"
-            image, exif = photos.decode_photo(batch["bytes"][i])
+            image, exif = photos.decode_photo(data)
             h, w = image.shape[:2]
             stage = "camera"
             camera, source = photos.resolve_camera(given, exif, defaults)
@@ -353,14 +357,13 @@ def _dataset(cfg: InferConfig, kind: str, todo: list[str], done: frozenset, mani
              run_id: str, use_gpu: bool):
     import ray.data
 
-    arrow_fs, _ = storage.arrow_filesystem(cfg.input)
-    storage.retry_in_ray_data()
     env = storage.worker_runtime_env()
-    paths = [storage.filesystem(u)[1] for u in todo]
-    if kind == "photos":
-        ds = ray.data.read_binary_files(paths, filesystem=arrow_fs, include_paths=True, num_cpus=cfg.task_cpus,
-                                        override_num_blocks=-(-len(paths) // cfg.io_batch))
+    if kind == "photos":  # the decode stage reads each file: no read tasks, and a failed read is one error row
+        ds = ray.data.from_items([{"path": u} for u in todo], override_num_blocks=-(-len(todo) // cfg.io_batch))
     else:
+        arrow_fs, _ = storage.arrow_filesystem(cfg.input)
+        storage.retry_in_ray_data()
+        paths = [storage.filesystem(u)[1] for u in todo]
         ds = ray.data.read_parquet(paths, filesystem=arrow_fs, include_paths=True, num_cpus=cfg.task_cpus).select_columns(
             ["path", "scene_id", "images", "focus_distances", "focal_length", "f_number", "pixel_size"])
         ds = ds.flat_map(stack_slices, fn_kwargs={"input_prefix": cfg.input, "done": done}, num_cpus=cfg.task_cpus)

@@ -84,6 +84,15 @@ def test_decode_errors_name_the_problem(data, message):
         photos.decode_photo(data)
 
 
+def test_a_photo_gone_before_its_read_is_one_read_error_row(tmp_path):
+    storage.write_bytes(str(tmp_path / "ok.png"), _png(_texture(8, 8)))
+    batch = {"path": np.array([str(tmp_path / "gone.png"), str(tmp_path / "ok.png")])}
+    out = infer.decode(batch, str(tmp_path), {}, {"focus_distance": 0.5, "focal_length": 2.9e-3, "f_number": 1.0,
+                                                  "pixel_size": 1.2e-5})
+    assert list(out["stage"]) == ["read", ""] and "FileNotFoundError" in out["message"][0]
+    assert list(out["key"]) == ["gone.png", "ok.png"] and out["height"][1] == 8
+
+
 def test_exif_camera_from_a_written_jpeg():
     _, camera = photos.decode_photo(_exif_jpeg(_texture(32, 48)))
     assert camera == pytest.approx({"focal_length": 0.05, "f_number": 2.8, "focus_distance": 1.25, "pixel_size": 2.5e-6})
