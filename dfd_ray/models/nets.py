@@ -41,8 +41,8 @@ from dfd_ray import optics
 from dfd_ray.filters import gaussian_blur, local_variance
 from dfd_ray.models import posterior_numba
 
-ARCH = "lens-posterior-v2"
-LOGIT_CAP = 30.0  # |near_logit| bound: sigmoid(30) is 1 to float precision  # written to model.json; a model of another architecture fails to load by name
+ARCH = "lens-posterior-v2"  # written to model.json; a model of another architecture fails to load by name
+LOGIT_CAP = 30.0  # |near_logit| bound: sigmoid(30) is 1 to float precision
 
 
 @dataclass
