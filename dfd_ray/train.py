@@ -36,12 +36,12 @@ class TrainConfig:
     splats: str = ""  # splat store (dfd-ray fit's <out>/splats): renderer pool, and teachers where fitted; "" = <out>/splats
     supervision: str = "self"  # "self" (teachers from the stack), or "gt" (GT depth as the teacher: an upper bound)
     depth_loss: str = "log"  # error of depth vs the splat prior: "log" (L1 of log depth) or "rel" (AbsRel)
-    steps: int = 6000  # optimiser steps in all; a resumed run trains on to this step
+    steps: int = 9000  # optimiser steps in all; a resumed run trains on to this step
     batch_size: int = 4  # stacks per worker per step
     crop: int = 48  # pixels, native resolution
     crops_per_pass: int = 1  # random crops per stack per pass over the data (a pass restarts Ray Data: seconds)
     lr: float = 1e-3  # Adam's learning rate, until the first step of lr_decay_at
-    lr_decay_at: list[int] = field(default_factory=lambda: [4800])  # steps after which the rate is multiplied by lr_decay
+    lr_decay_at: list[int] = field(default_factory=lambda: [7200])  # steps after which the rate is multiplied by lr_decay
     lr_decay: float = 0.1  # factor per step of lr_decay_at; a resumed run follows the schedule of its config
     ema_decay: float = 0.0  # > 0: checkpoints serve an exponential moving average of the weights (e.g. 0.999)
     seed: int = 0  # crops, flips and data order; another seed on resume draws new crops
