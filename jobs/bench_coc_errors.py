@@ -8,6 +8,9 @@ GT CoC through the thin lens, pixels), binned two ways and printed as tables:
   Gaussian window of sigma 2 px): how much blur a pixel can show at all;
 - by the GT CoC: in focus (< 0.5 px) to strongly blurred.
 The AIF is read for this diagnosis only; nothing trains on it. Without `--model`: the shipped model.
+A model's CoC error scale b is scored too: mean |error| / b and the share of |error| > 3b (1 and
+e^-3 = 0.050 for a calibrated Laplace; below 1 under-, above 1 over-confident, which lens fusion,
+multiplying the slices' likelihoods, punishes).
 `--teacher` scores the training teacher instead of a model (`teachers.teacher_maps`, what `dfd-ray
 train` learns from: the splat fit's depth for scenes in `--splats`, else the classical stack
 depth), with a second MAE column weighted by the teacher's confidence and the mean confidence.
@@ -40,26 +43,26 @@ def local_contrast(aif: np.ndarray, sigma_px: float = 2.0) -> np.ndarray:
 
 
 def model_cocs(model):
-    """A stack → its CoC maps (S, H, W) px predicted slice by slice, and no weights."""
-    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, None]:
+    """A stack → its CoC maps (S, H, W) px predicted slice by slice, no weights, and their error scales (S, H, W) px."""
+    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, None, np.ndarray]:
         with torch.no_grad():
             out = model(torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2),
                         torch.from_numpy(stack.focus_distances.astype(np.float32)), stack.lens, likelihood=False)
-        return out["coc"].numpy(), None
+        return out["coc"].numpy(), None, out["coc_scale"].numpy()
     return predict
 
 
 def teacher_cocs(splat_store: str):
-    """A stack → its teacher's CoC maps (S, H, W) px through the thin lens, and its confidence per slice."""
-    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, np.ndarray]:
+    """A stack → its teacher's CoC maps (S, H, W) px through the thin lens, its confidence per slice, no scales."""
+    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, np.ndarray, None]:
         depth, conf, _ = teacher_maps(stack, splat_store)
         cocs = np.stack([stack.lens.coc_px(depth, float(s)) for s in stack.focus_distances])
-        return cocs, np.broadcast_to(conf, cocs.shape)
+        return cocs, np.broadcast_to(conf, cocs.shape), None
     return predict
 
 
 def prior_cocs(train_prefix: str):
-    """A stack → per slice the median CoC (px) over the training GT depths, on every pixel, and no weights."""
+    """A stack → per slice the median CoC (px) over the training GT depths, on every pixel; no weights, no scales."""
     from dfd_ray.config import ConfigError
     from dfd_ray.train import gt_depths
 
@@ -68,17 +71,17 @@ def prior_cocs(train_prefix: str):
     except ConfigError:
         raise SystemExit(f"--prior: {train_prefix} holds no GT depth to take the prior from") from None
 
-    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, None]:
+    def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, None, None]:
         cocs = [np.full((stack.height, stack.width), np.median(stack.lens.coc_px(depths, float(s))), np.float32)
                 for s in stack.focus_distances]
-        return np.stack(cocs), None
+        return np.stack(cocs), None, None
     return predict
 
 
 def coc_errors(predict, prefix: str, max_stacks: int = 0) -> tuple[np.ndarray, ...]:
-    """(signed CoC error, AIF contrast, GT CoC, weight) over every valid GT pixel of every slice
-    of the first `max_stacks` stacks (0: all)."""
-    errors, contrasts, gt_cocs, weights = [], [], [], []
+    """(signed CoC error, AIF contrast, GT CoC, weight, error scale or None) over every valid GT
+    pixel of every slice of the first `max_stacks` stacks (0: all)."""
+    errors, contrasts, gt_cocs, weights, scales = [], [], [], [], []
     for n, stack in enumerate(focalstack.read_stacks(prefix)):
         if max_stacks and n >= max_stacks:
             break
@@ -86,14 +89,17 @@ def coc_errors(predict, prefix: str, max_stacks: int = 0) -> tuple[np.ndarray, .
             raise SystemExit(f"{stack.scene_id}: needs GT depth and an AIF image")
         valid = stack.depth > 0
         contrast = local_contrast(stack.aif)
-        cocs, conf = predict(stack)
+        cocs, conf, scale = predict(stack)
         for k, s in enumerate(stack.focus_distances):
             gt_coc = stack.lens.coc_px(np.where(valid, stack.depth, 1.0), float(s))
             errors.append((cocs[k] - gt_coc)[valid])
             contrasts.append(contrast[valid])
             gt_cocs.append(gt_coc[valid])
             weights.append((np.ones_like(gt_coc) if conf is None else conf[k])[valid])
-    return tuple(np.concatenate(x) for x in (errors, contrasts, gt_cocs, weights))
+            if scale is not None:
+                scales.append(scale[k][valid])
+    return (*(np.concatenate(x) for x in (errors, contrasts, gt_cocs, weights)),
+            np.concatenate(scales) if scales else None)
 
 
 def table(title: str, unit: str, key: np.ndarray, bins: tuple[float, ...], error: np.ndarray,
@@ -131,11 +137,16 @@ def main() -> None:
         predict = prior_cocs(train)
     else:
         predict = model_cocs(load_model(args.model)[0].eval())
-    error, contrast, gt_coc, weight = coc_errors(predict, focalstack.split_prefix(args.data, args.split), args.stacks)
+    error, contrast, gt_coc, weight, scale = coc_errors(predict, focalstack.split_prefix(args.data, args.split),
+                                                        args.stacks)
     weight = weight if args.teacher else None
     print(table("AIF local contrast", "", contrast, CONTRAST_BINS, error, weight))
     print()
     print(table("GT CoC", " px", gt_coc, COC_BINS_PX, error, weight))
+    if scale is not None:
+        ratio = np.abs(error) / scale
+        print(f"\nerror scale b: mean |error| / b {ratio.mean():.3f}, median {np.median(ratio):.3f}, share of "
+              f"|error| > 3b {np.mean(ratio > 3):.3f} (calibrated Laplace: 1, 0.693, 0.050); mean b {scale.mean():.3f} px")
 
 
 if __name__ == "__main__":

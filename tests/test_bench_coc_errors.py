@@ -35,7 +35,8 @@ def test_teacher_mode_scores_the_teachers_coc_through_the_lens(job, tmp_path):
     synth.run(load_config(synth.SynthConfig, [f"out={tmp_path}", "n_scenes=0", "n_test=2", "height=32",
                                               "width=32", "seed=3"]))
     prefix = focalstack.split_prefix(str(tmp_path), "test")
-    error, _, gt_coc, weight = job.coc_errors(job.teacher_cocs(""), prefix, max_stacks=1)
+    error, _, gt_coc, weight, scale = job.coc_errors(job.teacher_cocs(""), prefix, max_stacks=1)
+    assert scale is None
     stack = next(iter(focalstack.read_stacks(prefix)))
     depth, conf, source = teachers.teacher_maps(stack)
     assert source == "stack"
@@ -52,8 +53,8 @@ def test_prior_mode_predicts_each_slices_median_training_coc(job, tmp_path):
     train = list(focalstack.read_stacks(focalstack.split_prefix(str(tmp_path), "train")))
     depths = np.concatenate([st.depth[st.depth > 0] for st in train])  # 2 × 32² pixels: all of them are the sample
     test = next(iter(focalstack.read_stacks(focalstack.split_prefix(str(tmp_path), "test"))))
-    cocs, weight = job.prior_cocs(focalstack.split_prefix(str(tmp_path), "train"))(test)
-    assert weight is None and cocs.shape == (len(test.focus_distances), 32, 32)
+    cocs, weight, scale = job.prior_cocs(focalstack.split_prefix(str(tmp_path), "train"))(test)
+    assert weight is None and scale is None and cocs.shape == (len(test.focus_distances), 32, 32)
     for k, s in enumerate(test.focus_distances):
         np.testing.assert_allclose(cocs[k], np.median(test.lens.coc_px(depths, float(s))), rtol=1e-6)
     assert np.ptp(cocs.reshape(len(cocs), -1).mean(1)) > 0  # a different constant per focus distance
@@ -65,3 +66,24 @@ def test_prior_mode_refuses_a_dataset_without_a_train_split(job, tmp_path, monke
     monkeypatch.setattr("sys.argv", ["bench_coc_errors.py", "--data", str(tmp_path), "--prior"])
     with pytest.raises(SystemExit, match="no train split"):
         job.main()
+
+
+def test_model_mode_scores_the_error_scale_the_model_predicts(job, tmp_path):
+    import torch
+
+    from dfd_ray.models.nets import DFDModel, ModelConfig
+
+    synth.run(load_config(synth.SynthConfig, [f"out={tmp_path}", "n_scenes=0", "n_test=1", "height=32",
+                                              "width=32", "seed=5"]))
+    prefix = focalstack.split_prefix(str(tmp_path), "test")
+    torch.manual_seed(0)
+    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=8)).eval()
+    error, _, gt_coc, weight, scale = job.coc_errors(job.model_cocs(model), prefix)
+    stack = next(iter(focalstack.read_stacks(prefix)))
+    with torch.no_grad():
+        out = model(torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2),
+                    torch.from_numpy(stack.focus_distances.astype(np.float32)), stack.lens)
+    valid = stack.depth > 0
+    np.testing.assert_allclose(scale, np.concatenate([b[valid] for b in out["coc_scale"].numpy()]))
+    np.testing.assert_allclose(error + gt_coc, np.concatenate([c[valid] for c in out["coc"].numpy()]), atol=1e-5)
+    assert np.all(weight == 1)
