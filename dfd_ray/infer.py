@@ -436,18 +436,12 @@ def run(cfg: InferConfig) -> dict:
         use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
         todo = [u for u in items if u not in done] if kind == "photos" else items
         t0 = time.perf_counter()
-        seen, counts = set(), {"done": 0, "error": 0}
-        if todo:
+        counts = {"done": 0, "error": 0}
+        if todo:  # every photo URI is a row that each stage carries to a status: none can go missing
             ds = _dataset(cfg, kind, todo, done, manifest, model_id, run_id, use_gpu)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                seen.update(batch["path"].tolist())
                 for status in batch["status"]:
                     counts[str(status)] += 1
-        if kind == "photos":  # a photo the reader dropped must not vanish from the accounting
-            lost = [u for u in todo if u not in seen]
-            _write_table([{"input": u, "stage": "read", "message": "the reader returned no row for this file",
-                           "run_id": run_id} for u in lost], ERRORS_SCHEMA, storage.join(cfg.out, ERRORS_DIR), run_id)
-            counts["error"] += len(lost)
         seconds = time.perf_counter() - t0
         written = read_table(cfg.out, MANIFEST_DIR, MANIFEST_SCHEMA)
         scenes = _fuse_scenes(cfg, written, run_id)
