@@ -290,7 +290,7 @@ _DEPTHNETS: dict = {}  # per worker process: model URI → its DepthNet (the len
 
 def fuse_scene(group: dict, out: str, model: str) -> dict:
     """One scene's photos fused through the lens: the depth that best explains every photo's CoC
-    map (their likelihoods multiplied, `DFDModel.fuse`) → _scenes/<scene_id>.{depth,preview}.png."""
+    map (`DFDModel.fuse`) → _scenes/<scene_id>.{depth,preview}.png."""
     import torch
 
     from dfd_ray.models.store import load_model
@@ -316,7 +316,7 @@ def fuse_scene(group: dict, out: str, model: str) -> dict:
     with torch.no_grad():
         log_lik = (net.coc_log_likelihood(maps["coc"], maps["coc_scale"], focus, gain)
                    + net.side_log_likelihood(maps["side_logit"], focus))
-        fused = net.decode(log_lik.sum(0)).numpy()
+        fused = net.decode(net.fused_log_likelihood(log_lik)).numpy()
     row["depth"] = storage.join(out, SCENES_DIR, f"{group['scene_id']}.depth.png")
     row["preview"] = storage.join(out, SCENES_DIR, f"{group['scene_id']}.preview.png")
     storage.write_bytes(row["depth"], encode_depth_mm(fused))

@@ -119,15 +119,16 @@ def model_depth(stack: FocalStack, model, prior: tuple[np.ndarray, np.ndarray]) 
     The confidence is the prior's times the fused posterior's mass within ±AGREEMENT_PX of CoC
     around its depth: high only where the classical depth was trusted and the slices agree. On D's
     40 held-out fod500 stacks (shipped model, stack-depth prior) the CoC MAE was 0.452 px against
-    the stack depth's 0.530, and 0.311 px weighted by this confidence (docs/benchmarks.md).
+    the stack depth's 0.530, and 0.311 px weighted by this confidence (docs/benchmarks.md; the
+    fusion then an untempered product).
     """
     import torch
 
     from dfd_ray.evaluate import predict_slices
 
-    log_likelihood = torch.from_numpy(predict_slices(model, stack)["log_likelihood"]).sum(0)
-    prior_depth, prior_conf = (torch.from_numpy(np.asarray(p, np.float32)) for p in prior)
     depthnet = model.depthnet
+    log_likelihood = depthnet.fused_log_likelihood(torch.from_numpy(predict_slices(model, stack)["log_likelihood"]))
+    prior_depth, prior_conf = (torch.from_numpy(np.asarray(p, np.float32)) for p in prior)
     posterior = depthnet.posterior(log_likelihood, prior_depth, prior_conf)
     depth = depthnet.median_depth(posterior)
     mass = depthnet.mass_within(posterior, depth, AGREEMENT_PX / _mean_gain_px(stack))

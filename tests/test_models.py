@@ -116,6 +116,21 @@ def test_lens_fusion_recovers_a_depth_on_either_side_of_a_focus_plane(depth):
     assert float(alone.mean()) == pytest.approx(near, rel=0.02)
 
 
+def test_fusion_counts_correlated_photos_as_fewer_independent_ones():
+    # S photos whose errors correlate by rho carry the evidence of S / (1 + (S - 1) rho) independent ones.
+    model = DFDModel(ModelConfig(depth_bins=8, fusion_correlation=0.5))
+    net, log_lik = model.depthnet, torch.randn(3, 8, 2, 2)
+    assert torch.allclose(net.fused_log_likelihood(log_lik, 0.0), log_lik.sum(0))  # independent: the product
+    assert torch.allclose(net.fused_log_likelihood(log_lik, 1.0), log_lik.mean(0))  # one photo's worth
+    assert torch.allclose(net.fused_log_likelihood(log_lik), log_lik.sum(0) / 2.0)  # the model's own rho
+    assert torch.allclose(net.fused_log_likelihood(log_lik[:1], 0.9), log_lik[0])  # a lone photo is not tempered
+    assert torch.allclose(model.fuse(log_lik), net.decode(log_lik.sum(0) / 2.0))
+    # Tempering keeps the mode and widens the posterior: less mass near the fused depth.
+    sharp, tempered = net.posterior(net.fused_log_likelihood(log_lik, 0.0)), net.posterior(net.fused_log_likelihood(log_lik))
+    assert torch.equal(sharp.argmax(0), tempered.argmax(0))
+    assert bool((sharp.amax(0) >= tempered.amax(0) - 1e-6).all())
+
+
 def test_mass_within_sums_the_posterior_near_a_depth():
     model = DFDModel(ModelConfig(min_depth=0.25, max_depth=1.0, depth_bins=4))  # u = 4, 3, 2, 1 m^-1
     post = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1).expand(4, 1, 2).clone()

@@ -57,6 +57,7 @@ class ModelConfig:
     band_sigmas_px: tuple[float, ...] = (0.7, 1.4, 2.8)  # difference-of-Gaussian bands (pixels)
     contrast_sigma_px: float = 4.0  # window of the local contrast the bands are divided by (pixels)
     prior_sigma_log: float = 0.1  # width of a splat-depth factor, in log depth
+    fusion_correlation: float = 0.5  # of one scene's photos' CoC errors, in [0, 1]: tempers lens fusion (jobs/bench_fusion.py)
 
 
 def lens_planes(focus_distance: torch.Tensor, gain: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -247,6 +248,14 @@ class DepthNet(nn.Module):
         conf = prior_conf if prior_conf is not None else torch.ones_like(prior_depth)
         return torch.log(prior_depth.clamp_min(1e-3)), 0.5 * conf / self.cfg.prior_sigma_log**2
 
+    def fused_log_likelihood(self, log_likelihood: torch.Tensor, correlation: float | None = None) -> torch.Tensor:
+        """Photos of one scene, their log-likelihoods (S, K, H, W) → their joint one (K, H, W): the
+        sum divided by 1 + (S - 1) ρ, ρ = `correlation` (default the model's `fusion_correlation`). The photos share the scene's texture,
+        so their CoC errors are correlated: S of them carry the evidence of S / (1 + (S - 1) ρ)
+        independent photos, and the plain product would be that much over-confident (docs/design.md §8)."""
+        rho = self.cfg.fusion_correlation if correlation is None else correlation
+        return log_likelihood.sum(0) / (1.0 + (log_likelihood.shape[0] - 1) * rho)
+
     def median_depth(self, posterior: torch.Tensor) -> torch.Tensor:
         """Posterior (..., K, H, W) → its AbsRel-optimal depth (..., H, W) m: the median of the depths
         t_k = 1/u_k weighted by p_k / t_k = p_k u_k."""
@@ -322,8 +331,8 @@ class DFDModel(nn.Module):
     def fuse(self, log_likelihood: torch.Tensor, prior_depth: torch.Tensor | None = None,
              prior_conf: torch.Tensor | None = None) -> torch.Tensor:
         """Photos of one scene, aligned: their log-likelihoods (S, K, H, W) → one depth (H, W) in metres:
-        the depth that best explains every CoC map through the lens."""
-        return self.depthnet.decode(log_likelihood.sum(0), prior_depth, prior_conf)
+        the depth that best explains every CoC map through the lens (`DepthNet.fused_log_likelihood`)."""
+        return self.depthnet.decode(self.depthnet.fused_log_likelihood(log_likelihood), prior_depth, prior_conf)
 
 
 def parameter_count(model: nn.Module) -> int:
