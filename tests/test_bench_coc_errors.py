@@ -1,23 +1,16 @@
 """The CoC-error diagnosis job: its tables by hand, and its teacher mode against the teacher."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from dfd_ray import focalstack, synth, teachers
 from dfd_ray.config import load_config
-
-SCRIPT = Path(__file__).resolve().parent.parent / "jobs" / "bench_coc_errors.py"
+from tests.job_scripts import load_job
 
 
 @pytest.fixture(scope="module")
 def job():
-    spec = importlib.util.spec_from_file_location("bench_coc_errors", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("bench_coc_errors")
 
 
 def test_the_table_bins_shares_biases_and_weighted_errors(job):

@@ -1,8 +1,5 @@
 """The fusion-correlation benchmark: its scores are lens fusion's at each rho, by hand."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,16 +9,12 @@ from dfd_ray.config import load_config
 from dfd_ray.evaluate import predict_slices
 from dfd_ray.metrics import depth_metrics
 from dfd_ray.models.nets import DFDModel, ModelConfig
-
-SCRIPT = Path(__file__).resolve().parent.parent / "jobs" / "bench_fusion.py"
+from tests.job_scripts import load_job
 
 
 @pytest.fixture(scope="module")
 def job():
-    spec = importlib.util.spec_from_file_location("bench_fusion", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("bench_fusion")
 
 
 def test_teacher_disagreement_weighs_relative_errors_by_confidence(job):

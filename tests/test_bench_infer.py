@@ -1,21 +1,17 @@
 """The inference benchmark's CPU profile: roles from command lines, CPU seconds from /proc."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "jobs" / "bench_infer.py"
+from tests.job_scripts import load_job
 
 
 @pytest.fixture(scope="module")
 def job():
-    spec = importlib.util.spec_from_file_location("bench_infer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("bench_infer")
 
 
 @pytest.mark.parametrize("cmdline, role", [

@@ -1,12 +1,12 @@
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "jobs" / "gpu_check.py"
+from tests.job_scripts import JOBS, load_job
+
+SCRIPT = JOBS / "gpu_check.py"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine the check runs for real")
@@ -18,9 +18,7 @@ def test_without_cuda_the_gpu_check_says_so_and_exits_0(tmp_path):
 
 
 def test_the_report_names_each_step_its_status_and_figures():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_job("gpu_check")
     text = gpu_check.report_markdown({
         "device": "a GPU", "torch": "2.x", "cuda": "12.x", "seconds": 3.0, "budget_s": 480,
         "steps": {"compile gsplat": {"status": "passed", "seconds": 1.0, "finite": True},
