@@ -7,9 +7,10 @@ Modes, on full images (the networks are fully convolutional):
             comes from (`metrics.side_metrics`): the blur's size or the side of the focus plane
             the depth is put on (equal blur has one depth on each side);
     fused   one depth per stack, through the lens: the depth that best explains every slice's
-            CoC map (`DFDModel.fuse`: the slices' likelihoods multiplied, tempered for their correlation), which settles the side
-            of the focus plane physically; and, where splats are available (`splats=` a store, or
-            `fit_at_test=true`), the same with the scene fit's depth as one more factor.
+            CoC map (`DFDModel.fuse`: the slices' likelihoods multiplied, tempered for their
+            correlation), which settles the side of the focus plane physically; and, where splats
+            are available (`splats=` a store, or `fit_at_test=true`), the same with the scene
+            fit's depth as one more factor.
 Beside them: the classical depth-from-focus baseline and the splat depths themselves. Metrics
 per image over valid GT (docs/design.md §6), then averaged; `DIR/metrics.json` and `DIR/metrics.md`.
 """

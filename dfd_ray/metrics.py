@@ -15,6 +15,7 @@ from dfd_ray import optics
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "mae", "mse", "delta1", "delta2", "delta3")
 COC_KEYS = ("coc_mae_px", "gt_coc_mean_px")
 SIDE_KEYS = ("abs_rel_true_side", "abs_rel_true_coc", "wrong_side")
+FOD500_MAX_DEPTH_M = 1.5  # the FoD500 practice: GT beyond is not scored
 
 
 def valid_mask(gt: np.ndarray, max_depth: float | None = None) -> np.ndarray:

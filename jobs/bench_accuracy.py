@@ -42,9 +42,9 @@ import numpy as np
 
 from dfd_ray import evaluate, focalstack, storage, synth, train
 from dfd_ray.config import load_config
-from dfd_ray.metrics import best_constant, depth_metrics, mean_metrics
+from dfd_ray.metrics import FOD500_MAX_DEPTH_M, best_constant, depth_metrics, mean_metrics
 
-MASKS = (None, 1.5)  # metres: all GT, and the FoD500 practice of scoring GT <= 1.5 m
+MASKS = (None, FOD500_MAX_DEPTH_M)  # metres: all GT, and the FoD500 practice of scoring GT <= 1.5 m
 
 
 def parse_args(argv=None) -> argparse.Namespace:

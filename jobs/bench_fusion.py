@@ -21,7 +21,7 @@ import torch
 
 from dfd_ray import focalstack
 from dfd_ray.evaluate import predict_slices
-from dfd_ray.metrics import depth_metrics
+from dfd_ray.metrics import FOD500_MAX_DEPTH_M, depth_metrics
 from dfd_ray.models.store import load_model
 from dfd_ray.teachers import teacher_maps
 
@@ -44,7 +44,8 @@ def fusion_scores(model, stacks, rhos: list[float]) -> dict[float, dict[str, flo
         for r in rhos:
             with torch.no_grad():
                 fused = depthnet.decode(depthnet.fused_log_likelihood(log_likelihood, r)).numpy()
-            rows[r].append((depth_metrics(fused, stack.depth)["abs_rel"], depth_metrics(fused, stack.depth, 1.5)["abs_rel"],
+            rows[r].append((depth_metrics(fused, stack.depth)["abs_rel"],
+                            depth_metrics(fused, stack.depth, FOD500_MAX_DEPTH_M)["abs_rel"],
                             teacher_disagreement(fused, teacher_depth, teacher_conf)))
     return {r: dict(zip(("abs_rel", "abs_rel_masked", "teacher"), np.nanmean(np.array(v), axis=0))) for r, v in rows.items()}
 
@@ -61,10 +62,10 @@ def main() -> None:
         parser.error(f"--rho: values must lie in [0, 1], got {args.rho}")
     model = load_model(args.model)[0]
     prefix = focalstack.split_prefix(args.data, args.split)
-    stacks = [s for i, s in enumerate(focalstack.read_stacks(prefix)) if not args.stacks or i < args.stacks]
-    if not any(s.depth is not None for s in stacks):
-        raise SystemExit(f"--data: no stack with GT depth under {prefix}")
-    stacks = [s for s in stacks if s.depth is not None and len(s.focus_distances) > 1]
+    stacks = [s for i, s in enumerate(focalstack.read_stacks(prefix))
+              if (not args.stacks or i < args.stacks) and s.depth is not None and len(s.focus_distances) > 1]
+    if not stacks:
+        raise SystemExit(f"--data: no stack of two or more slices with GT depth under {prefix}")
     scores = fusion_scores(model, stacks, args.rho)
     print(f"{len(stacks)} stacks of {prefix}; model {args.model or 'shipped'} (its own rho: {model.cfg.fusion_correlation:g})")
     print(f"{'rho':>6} {'AbsRel':>8} {'<=1.5 m':>8} {'vs teacher':>11}")

@@ -250,9 +250,10 @@ class DepthNet(nn.Module):
 
     def fused_log_likelihood(self, log_likelihood: torch.Tensor, correlation: float | None = None) -> torch.Tensor:
         """Photos of one scene, their log-likelihoods (S, K, H, W) → their joint one (K, H, W): the
-        sum divided by 1 + (S - 1) ρ, ρ = `correlation` (default the model's `fusion_correlation`). The photos share the scene's texture,
-        so their CoC errors are correlated: S of them carry the evidence of S / (1 + (S - 1) ρ)
-        independent photos, and the plain product would be that much over-confident (docs/design.md §8)."""
+        sum divided by 1 + (S - 1) ρ, ρ = `correlation` (default the model's `fusion_correlation`).
+        The photos share the scene's texture, so their CoC errors are correlated: S of them carry
+        the evidence of S / (1 + (S - 1) ρ) independent photos, and the plain product would be that
+        much over-confident (docs/design.md §8)."""
         rho = self.cfg.fusion_correlation if correlation is None else correlation
         return log_likelihood.sum(0) / (1.0 + (log_likelihood.shape[0] - 1) * rho)
 
