@@ -319,6 +319,19 @@ def shard_scene_ids(shard: str) -> list[str]:
     return storage.read_with(shard, lambda f: pq.read_table(f, columns=["scene_id"]).column("scene_id").to_pylist())
 
 
+def lens_gains_px(uri: str) -> np.ndarray:
+    """The CoC gain G [px·m] of every slice of every stack of a dataset prefix (`Lens.gain_px`;
+    reads the lens columns only)."""
+    columns = ["focus_distances", "focal_length", "f_number", "pixel_size"]
+    gains = []
+    for shard in shard_uris(uri):
+        table = storage.read_with(shard, lambda f: pq.read_table(f, columns=columns))
+        for row in table.to_pylist():
+            lens = Lens(row["focal_length"], row["f_number"], row["pixel_size"])
+            gains.extend(lens.gain_px(float(s)) for s in row["focus_distances"])
+    return np.asarray(gains, dtype=np.float64)
+
+
 def scene_index(uri: str) -> dict[str, str]:
     """scene_id → shard URI for every stack under a dataset root or prefix (reads one column)."""
     return {sid: shard for prefix in dataset_prefixes(uri) for shard in shard_uris(prefix)

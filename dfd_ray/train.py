@@ -99,6 +99,8 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         model = DFDModel(cfg.model)
     model.depthnet.set_prior(torch.from_numpy(config["prior_depths"]))  # a checkpoint's prior replaces it below
+    gains = torch.from_numpy(config["gain_range"])
+    model.set_gain_range(torch.cat([gains, model.gain_range]) if cfg.init else gains)  # fine-tuning widens it
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step, history = 0, []
@@ -211,6 +213,8 @@ def run(cfg: TrainConfig) -> dict:
             prior_depths = teachers.teacher_depths(prefix, seed=cfg.seed)
         else:
             prior_depths = gt_depths(prefix)
+        gains = focalstack.lens_gains_px(prefix)
+        gain_range = np.array([gains.min(), gains.max()])
         if cfg.uses_renderer():
             pool = RendererPool(cfg.renderer_config())
         dataset = streaming.ray_dataset(prefix, crop=cfg.crop, seed=cfg.seed, crops_per_pass=cfg.crops_per_pass,
@@ -218,7 +222,7 @@ def run(cfg: TrainConfig) -> dict:
         storage_path, storage_fs = _storage(cfg.out)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg, "pool": pool, "prior_depths": prior_depths},
+            train_loop_config={"cfg": cfg, "pool": pool, "prior_depths": prior_depths, "gain_range": gain_range},
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,

@@ -1,5 +1,7 @@
 """The networks and the lens decode, without Ray: shapes, ranges, the AbsRel-optimal decode, lens fusion."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -204,6 +206,41 @@ def test_a_focus_plane_at_the_end_of_the_grid_has_one_side_and_finite_odds():
     with torch.no_grad():
         out = model(torch.rand(2, 3, 16, 16), *_lens(2, s))
     assert torch.isfinite(out["near_logit"]).all() and float(out["near_logit"][0].max()) == -30.0
+
+
+def test_the_nets_see_only_the_gains_they_were_trained_on_and_the_lens_decodes_with_the_true_one():
+    torch.manual_seed(0)
+    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4, 8), depth_bins=16)).eval()
+    assert model.gain_range.tolist() == [0.0, math.inf]  # untrained: no bound
+    focus = torch.tensor([0.1, 0.3])
+    f1 = optics.Lens(*FOD500)
+    f2 = optics.Lens(FOD500[0], 2.0, FOD500[2])  # half the aperture: half the gain
+    image = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        unbounded = model(image, focus, f2)
+        model.set_gain_range(f1.gain_px(torch.tensor([0.1, 0.15, 0.3, 0.7, 1.5])))
+        assert model.gain_range.tolist() == pytest.approx([float(f1.gain_px(1.5)), float(f1.gain_px(0.1))])
+        out = model(image, focus, f2)
+        seen = torch.full((2,), float(f1.gain_px(1.5)))  # every f/2 gain lies below the range
+        coc, scale = model.sdnet(image, focus, seen)
+        side = model.depthnet.side_logit(coc, scale, image, focus, seen)
+        expected = (model.depthnet.coc_log_likelihood(coc, scale, focus, f2.gain_px(focus))
+                    + model.depthnet.side_log_likelihood(side, focus))
+    assert torch.allclose(out["coc"], coc) and torch.allclose(out["side_logit"], side)
+    assert not torch.allclose(unbounded["coc"], coc)  # the gain plane moves what the nets read
+    assert torch.allclose(out["log_likelihood"], expected, atol=1e-5)
+    with torch.no_grad():  # inside the range the gain passes unchanged
+        assert torch.allclose(model(image, focus, f1)["coc"], model.sdnet(image, focus, f1.gain_px(focus))[0])
+
+
+def test_a_model_saved_without_a_gain_range_loads_unbounded(tmp_path):
+    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=8))
+    model.set_gain_range(torch.tensor([0.5, 0.7]))
+    save_model(model, str(tmp_path / "m"))
+    assert load_model(str(tmp_path / "m"))[0].gain_range.tolist() == pytest.approx([0.5, 0.7])
+    state = {k: v for k, v in model.state_dict().items() if k != "gain_range"}
+    torch.save(state, tmp_path / "m" / "model.pt")
+    assert load_model(str(tmp_path / "m"))[0].gain_range.tolist() == [0.0, math.inf]
 
 
 @pytest.mark.parametrize("damage, message", [

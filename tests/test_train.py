@@ -66,6 +66,8 @@ def test_ddp_steps_with_streamed_teachers_lower_every_loss_term_then_eval(ray_se
         assert history[-1][term] < history[0][term], (term, [h[term] for h in history])
     assert (out / "training_curve.png").stat().st_size > 1000 and (out / "sample_prediction.png").exists()
     assert result["renderer"][0]["requests"] > 0
+    gains = focalstack.lens_gains_px(f"{data}/train")  # the nets know the training data's gains
+    assert load_model(f"{out}/model")[0].gain_range.tolist() == pytest.approx([gains.min(), gains.max()])
 
     metrics_dir = tmp_path / "eval"
     evaluate.run(load_config(evaluate.EvalConfig, [f"model={out}/model", f"data={data}", f"out={metrics_dir}",
@@ -94,7 +96,9 @@ def test_gt_supervision_needs_no_teachers_or_renderer_and_init_starts_from_a_mod
     data = tmp_path / "data"
     tiny_dataset(data, "n_test=0", "seed=4")
     torch.manual_seed(5)
-    save_model(DFDModel(ModelConfig()), str(tmp_path / "start"))
+    start = DFDModel(ModelConfig())
+    start.set_gain_range(torch.tensor([0.1, 0.2]))  # px·m: another camera's
+    save_model(start, str(tmp_path / "start"))
     # Fine-tuning starts from a model's weights: at a vanishing rate they stay the model's. The
     # model is named relative to the driver's folder, which the workers do not share.
     monkeypatch.chdir(tmp_path)
@@ -106,6 +110,8 @@ def test_gt_supervision_needs_no_teachers_or_renderer_and_init_starts_from_a_mod
     start, tuned = load_model(str(tmp_path / "start"))[0], load_model(str(tmp_path / "run" / "model"))[0]
     weights = [(a, b) for (k, a), b in zip(start.state_dict().items(), tuned.state_dict().values()) if "weight" in k]
     assert weights and all(torch.allclose(a, b, atol=1e-6) for a, b in weights)
+    gains = focalstack.lens_gains_px(f"{data}/train")  # fine-tuning widens the gains the nets know
+    assert tuned.gain_range.tolist() == pytest.approx([0.1, gains.max()])
 
 
 def test_a_bad_init_model_is_a_config_error_before_cluster_work(data, splats, tmp_path):

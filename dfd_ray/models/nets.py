@@ -2,7 +2,8 @@
 
 Lens encoding. The CoC of a point at depth d is c = G |1/d - 1/s| pixels, with G = A v / p the
 lens's CoC gain in pixel·metres (A aperture, v image distance, p pixel pitch; docs/design.md
-§2). Both networks see the focus distance s and G as constant input planes (log-scaled).
+§2). Both networks see the focus distance s and G as constant input planes (log-scaled), G held
+within the gains the model was trained on (`DFDModel.set_gain_range`).
 
 SDNet reads blur. Besides the image it sees three difference-of-Gaussian luminance bands divided
 by the local contrast: the ratio of fine to coarse detail is what blur changes, and dividing by
@@ -309,6 +310,17 @@ class DFDModel(nn.Module):
         self.cfg = cfg
         self.sdnet = SDNet(cfg)
         self.depthnet = DepthNet(cfg)
+        # The CoC gains [px·m] the nets were trained on: unbounded until training sets them.
+        self.register_buffer("gain_range", torch.tensor([0.0, math.inf]))
+
+    def set_gain_range(self, gains: torch.Tensor) -> None:
+        """Keep the nets' gain input plane within the range of `gains` (px·m: every lens and focus
+        distance of the training data). A gain the nets never saw makes a constant input plane
+        off their training distribution, which shifts every CoC they read; blur is read in
+        pixels, so the nets are shown the nearest gain they know and the decode uses the true one
+        (docs/design.md §8, "Another camera")."""
+        g = gains.flatten().double()
+        self.gain_range.copy_(torch.stack([g.min(), g.max()]).to(self.gain_range))
 
     def forward(self, image: torch.Tensor, focus_distance: torch.Tensor, lens: optics.Lens,
                 prior_depth: torch.Tensor | None = None, prior_conf: torch.Tensor | None = None,
@@ -319,8 +331,9 @@ class DFDModel(nn.Module):
         with `likelihood` log_likelihood (N, K, H, W) (for lens fusion and the posterior NLL; the
         depth itself never forms it on CPU)."""
         gain = lens.gain_px(focus_distance)
-        coc, scale = self.sdnet(image, focus_distance, gain)
-        side = self.depthnet.side_logit(coc, scale, image, focus_distance, gain)
+        seen = gain.clamp(self.gain_range[0], self.gain_range[1])  # the nets' inputs; the decode uses `gain`
+        coc, scale = self.sdnet(image, focus_distance, seen)
+        side = self.depthnet.side_logit(coc, scale, image, focus_distance, seen)
         coc_lik = self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain) if likelihood else None
         depth, near = self.depthnet.decode_photo(coc, scale, side, focus_distance, gain, prior_depth, prior_conf,
                                                  coc_log_likelihood=coc_lik)

@@ -85,6 +85,7 @@ def load_model(uri: str, device: str = "cpu") -> tuple[DFDModel, dict]:
     model = DFDModel(cfg)
     try:
         state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
+        state.setdefault("gain_range", model.gain_range)  # saved before the range was kept: unbounded
         model.load_state_dict(state)
     except Exception as exc:  # a torn file fails in unpickling or zip reading, a foreign one in the keys
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
