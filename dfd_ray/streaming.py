@@ -91,10 +91,9 @@ class StreamConfig:
         Ray Data execution), interleaved so that consecutive samples come from different stacks.
         Each pass restarts the pipeline (seconds on a small node), so training on a small dataset
         sets it > 1 to make a pass long; crops of a stack stay distinct (pass, repeat) draws.
-    map_num_cpus / read_num_cpus: logical CPUs per Ray Data task. Fractional, because a small node
-        whose CPUs are held by train workers never schedules a task that wants a whole CPU. (Ray
-        2.60's read_parquet also runs one file-listing task per epoch that always asks for 1 CPU
-        and cannot be configured: leave one logical CPU unreserved, or the pipeline hangs.)
+    map_num_cpus / read_num_cpus: logical CPUs per Ray Data task (decode, and the one read task per
+        shard). Fractional, because a small node whose CPUs are held by train workers never
+        schedules a task that wants a whole CPU.
     map_batch_size: stacks decoded per Ray `map_batches` call (bounds the memory of one task).
     shuffle_window_shards: TorchFocalStacks only; shards whose rows are shuffled together.
     """
@@ -304,17 +303,63 @@ def _teacher_of(sidecar: str, scene_id: str, where: str) -> tuple[np.ndarray, np
     return _SIDECARS[sidecar][scene_id]
 
 
+def _execution_epoch(reseed: bool) -> int:
+    """The epoch a Ray Data task runs in. Ray Data counts executions of a dataset (one per epoch of
+    iteration) and hands the counter to its tasks; it is a private field, so a Ray without it
+    falls back to repeating epoch 0."""
+    from ray.data import DataContext
+
+    return int(getattr(DataContext.get_current(), "_execution_idx", 0)) if reseed else 0
+
+
+def _read_shards(batch: dict[str, np.ndarray], *, shards: list[str], shuffle: str, order_seed: int,
+                 reseed: bool) -> pa.Table:
+    """Ray `map_batches` body: the training columns of the shards at `batch["shard"]` (positions in
+    this epoch's shard order), each row's shard URI in `path`."""
+    order = shard_order(len(shards), shuffle, order_seed, _execution_epoch(reseed))
+    tables = []
+    for position in batch["shard"]:
+        shard = shards[order[int(position)]]
+        table = read_training_columns(shard)
+        tables.append(table.append_column("path", pa.array([shard] * table.num_rows, pa.string())))
+    return pa.concat_tables(tables)
+
+
+def _shard_samples(batch: dict[str, np.ndarray], *, read: dict, decode: dict,
+                   batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """Ray `map_batches` body: `_read_shards` then `_ray_samples`, `batch_rows` stacks at a time."""
+    table = _read_shards(batch, **read)
+    for start in range(0, table.num_rows, batch_rows):
+        yield _ray_samples(table.slice(start, batch_rows), **decode)
+
+
+def shard_order(count: int, shuffle: str, order_seed: int, epoch: int) -> np.ndarray:
+    """The order in which an epoch reads `count` shards: shuffled from (order_seed, epoch) unless
+    `shuffle` is "none"; the same in the Ray pipeline and `TorchFocalStacks`."""
+    order = np.arange(count)
+    if shuffle != "none":
+        np.random.default_rng([_ORDER_STREAM, order_seed, epoch]).shuffle(order)
+    return order
+
+
+def read_training_columns(shard: str) -> pa.Table:
+    """The training columns of one shard, retried on the store's transient faults; a file that is
+    not Parquet is a DatasetError naming it."""
+    try:
+        return storage.read_with(shard, lambda f: pq.read_table(f, columns=TRAIN_COLUMNS))
+    except storage.StoreUnavailable:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"{shard}: not a readable Parquet file: {exc}") from None
+
+
 def _ray_samples(
     batch: pa.Table, *, uri: str, crop: int, flip: bool, seed: int | None, reseed: bool, crops_per_pass: int,
     sidecars: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Ray `map_batches` body: decode, validate and augment a block of Parquet rows; `sidecars`
     (shard file name → teacher sidecar URI) adds the teacher maps."""
-    from ray.data import DataContext
-
-    # Ray Data counts executions of a dataset (one per epoch of iteration) and hands the counter
-    # to its tasks; it is a private field, so a Ray without it falls back to repeating epoch 0.
-    epoch = int(getattr(DataContext.get_current(), "_execution_idx", 0)) if reseed else 0
+    epoch = _execution_epoch(reseed)
     stacks, teacher_maps = [], []
     for row in batch.to_pylist():
         path = row.pop("path", "?")
@@ -380,40 +425,32 @@ def _ray_dataset(uri: str, cfg: StreamConfig, teachers: bool = False) -> ray.dat
         from dfd_ray.teachers import sidecar_uri
 
         sidecars = {posixpath.basename(shard): sidecar_uri(shard) for shard in shards}
-    fs, _ = storage.arrow_filesystem(uri)
-    storage.retry_in_ray_data()
-    file_shuffle = None
-    if cfg.shuffle in ("files", "rows"):
-        file_shuffle = ray.data.FileShuffleConfig(seed=cfg.seed, reseed_after_execution=cfg.reseed_each_epoch)
-    ds = ray.data.read_parquet(
-        [storage.filesystem(shard)[1] for shard in shards],
-        filesystem=fs,
-        include_paths=True,  # so that row errors can name their shard
-        shuffle=file_shuffle,
-        num_cpus=cfg.read_num_cpus,
-    ).select_columns([*TRAIN_COLUMNS, "path"])  # pushed down into the read: `aif` is never fetched
+    # The shard order of a seedless pipeline: one draw shared by all its read tasks.
+    order_seed = cfg.seed if cfg.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+    # Shards enter as positions in the epoch's order and each task reads its one shard itself, so a
+    # task holds one shard's rows whatever the dataset's size. (Ray 2.60's read_parquet packs files
+    # into read units of up to 128 MiB of rows, each decoded by one task whose crops outgrow a
+    # laptop's object store: at 3,600 stacks it spilled to disk and tripled the step time,
+    # docs/benchmarks.md.) Ray bundles small input blocks into one task by bytes, and would bundle
+    # a fused read → decode by the decode's batch size, hence one function with batch_size=1.
+    ds = ray.data.from_items([{"shard": i} for i in range(len(shards))], override_num_blocks=len(shards))
+    read = {"shards": shards, "shuffle": cfg.shuffle, "order_seed": order_seed, "reseed": cfg.reseed_each_epoch}
+    decode = {"uri": uri, "crop": cfg.crop, "flip": cfg.flip, "seed": cfg.seed, "reseed": cfg.reseed_each_epoch,
+              "crops_per_pass": cfg.crops_per_pass, "sidecars": sidecars}
     if cfg.shuffle == "rows":
         # Shuffle the encoded rows: PNG bytes are several times smaller than decoded float crops.
+        ds = ds.map_batches(_read_shards, batch_size=1, batch_format="numpy", num_cpus=cfg.read_num_cpus,
+                            fn_kwargs=read, **storage.worker_runtime_env())
         ds = ds.random_shuffle(
             seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=cfg.reseed_each_epoch),
             num_cpus=cfg.read_num_cpus,
         )
-    ds = ds.map_batches(
-        _ray_samples,
-        batch_format="pyarrow",
-        batch_size=cfg.map_batch_size,
-        num_cpus=cfg.map_num_cpus,
-        **storage.worker_runtime_env(),  # the tasks open the teacher sidecars themselves
-        fn_kwargs={
-            "uri": uri,
-            "crop": cfg.crop,
-            "flip": cfg.flip,
-            "seed": cfg.seed,
-            "reseed": cfg.reseed_each_epoch,
-            "crops_per_pass": cfg.crops_per_pass,
-            "sidecars": sidecars,
-        },
-    )
+        ds = ds.map_batches(_ray_samples, batch_format="pyarrow", batch_size=cfg.map_batch_size,
+                            num_cpus=cfg.map_num_cpus, fn_kwargs=decode, **storage.worker_runtime_env())
+    else:
+        ds = ds.map_batches(_shard_samples, batch_size=1, batch_format="numpy", num_cpus=cfg.map_num_cpus,
+                            fn_kwargs={"read": read, "decode": decode, "batch_rows": cfg.map_batch_size},
+                            **storage.worker_runtime_env())  # the tasks open the teacher sidecars themselves
     # Without this Ray wraps a DatasetError from a row in a generic UserCodeException; with it the
     # caller can catch DatasetError and reads the scene and shard in the message.
     ds.context.raise_original_map_exception = True
@@ -480,9 +517,7 @@ class TorchFocalStacks(IterableDataset):
 
     def _assignment(self, part: int, parts: int) -> list[tuple[int, np.ndarray]]:
         """(shard index, row indices) this part reads this epoch, in reading order."""
-        order = np.arange(len(self.shards))
-        if self.config.shuffle != "none":
-            np.random.default_rng([_ORDER_STREAM, self._order_seed, self.epoch]).shuffle(order)
+        order = shard_order(len(self.shards), self.config.shuffle, self._order_seed, self.epoch)
         if len(self.shards) >= parts:
             return [(int(i), np.arange(self.shards[i][1])) for i in order[part::parts]]
         out = []
@@ -497,12 +532,7 @@ class TorchFocalStacks(IterableDataset):
 
     def _read_rows(self, shard_index: int, rows: np.ndarray) -> list[dict]:
         shard = self.shards[shard_index][0]
-        try:
-            table = storage.read_with(shard, lambda f: pq.read_table(f, columns=TRAIN_COLUMNS))
-        except storage.StoreUnavailable:
-            raise
-        except Exception as exc:
-            raise DatasetError(f"{shard}: not a readable Parquet file: {exc}") from None
+        table = read_training_columns(shard)
         picked = table.take(pa.array(rows, type=pa.int64())).to_pylist()
         for row in picked:
             row["_shard"] = shard

@@ -192,15 +192,17 @@ def run(cfg: TrainConfig) -> dict:
             f"batch_size {cfg.batch_size} need at least {cfg.num_workers * cfg.batch_size} (each worker reads its own)"
         )
     if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
-        # Ray 2.60's Parquet reader runs a file-listing task that always asks for one whole CPU
-        # (streaming.StreamConfig): an embedded Ray with less than that left over hangs silently.
+        # The data pipeline's tasks ask for CPUs too: an embedded Ray whose CPUs the workers hold
+        # never schedules them and hangs silently.
+        stream = streaming.StreamConfig()
+        need = max(stream.map_num_cpus, stream.read_num_cpus)
         held = cfg.num_workers * cfg.worker_cpus + (cfg.renderer.num_actors * cfg.renderer.num_cpus
                                                     if cfg.uses_renderer() else 0.0)
-        if cfg.ray_cpus - held < 1:
+        if cfg.ray_cpus - held < need:
             raise ConfigError(
                 f"config key 'ray_cpus': the embedded Ray's {cfg.ray_cpus} CPU(s) minus the {held:g} that training "
-                f"workers{' and renderer actors' if cfg.uses_renderer() else ''} hold leave less than the 1 CPU its "
-                "data pipeline needs: raise ray_cpus (logical CPUs may exceed the cores) or lower worker_cpus")
+                f"workers{' and renderer actors' if cfg.uses_renderer() else ''} hold leave less than the {need:g} CPU "
+                "a data task needs: raise ray_cpus (logical CPUs may exceed the cores) or lower worker_cpus")
     save_config(cfg, cfg.out)
     started = ensure_ray(cfg.ray_cpus)
     pool = None

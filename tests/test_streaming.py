@@ -330,3 +330,31 @@ def test_ray_dataset_row_errors_name_dataset_and_scene(ray_session, tmp_path):
     focalstack.write_stacks([position_stack("tiny", height=6, width=6)], small)
     with pytest.raises(DatasetError, match=r"scene 'tiny' is 6x6 px, smaller than the 8x8 px crop"):
         ray_batches(ray_dataset(small, crop=8))
+
+
+@pytest.mark.ray
+def test_ray_dataset_reads_each_shard_in_a_task_of_its_own_in_a_new_order_each_epoch(ray_session, tmp_path):
+    uri = str(tmp_path / "ds")
+    ids = write_dataset(uri, n=12, shard_size=3)
+    ds = ray_dataset(uri, crop=8, seed=5, map_batch_size=4)
+    # A task holds one shard's stacks (three here), never more, however many the dataset has.
+    blocks = [scene_ids(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    assert sorted(s for block in blocks for s in block) == ids
+    assert max(len(block) for block in blocks) <= 3
+    # Each epoch reads the shards in its own order, from (seed, epoch) alone.
+    orders = [streaming.shard_order(16, "files", 5, epoch).tolist() for epoch in (0, 1, 0)]
+    assert orders[0] == orders[2] != orders[1] and sorted(orders[1]) == list(range(16))
+    assert streaming.shard_order(16, "none", 5, 1).tolist() == list(range(16))
+
+
+@pytest.mark.ray
+def test_ray_dataset_unreadable_shard_names_it(ray_session, tmp_path):
+    uri = str(tmp_path / "ds")
+    write_dataset(uri, n=2, shard_size=2)
+    shard = focalstack.shard_uris(uri)[0]
+    with pytest.raises(DatasetError, match=r"part-00000\.parquet: not a readable Parquet file"):
+        ds = ray_dataset(uri, crop=8, seed=0)  # schemas are checked here, from the footers
+        with open(shard, "r+b") as f:  # then the file is torn before the pipeline reads it
+            f.seek(4)
+            f.write(b"\0" * 64)
+        ray_batches(ds)

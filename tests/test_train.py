@@ -132,9 +132,9 @@ def test_bad_learning_rate_schedule_is_a_config_error(override, key):
 def test_an_embedded_ray_too_small_for_its_data_pipeline_is_a_config_error(data, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the command line starts its own Ray
     proc = subprocess.run([sys.executable, "-m", "dfd_ray.cli", "train", "--data", data, "--out", str(tmp_path / "out"),
-                           "ray_cpus=1", "num_workers=1", "worker_cpus=0.5", "batch_size=1"], capture_output=True, text=True,
+                           "ray_cpus=1", "num_workers=1", "worker_cpus=0.9", "batch_size=1"], capture_output=True, text=True,
                           env=env, timeout=300)
-    assert proc.returncode == 2 and "'ray_cpus'" in proc.stderr and "less than the 1 CPU" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "'ray_cpus'" in proc.stderr and "less than the 0.25 CPU" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
 
 
