@@ -95,6 +95,9 @@ class StreamConfig:
         shard). Fractional, because a small node whose CPUs are held by train workers never
         schedules a task that wants a whole CPU.
     map_batch_size: stacks decoded per Ray `map_batches` call (bounds the memory of one task).
+    max_tasks: Ray only; data tasks in flight at once, 0 = as many as the CPUs allow. Each new task
+        may start a worker process (seconds of imports), and the tasks of a pass all start at
+        once, beside training: a small cap keeps a pass's start from stalling the steps.
     shuffle_window_shards: TorchFocalStacks only; shards whose rows are shuffled together.
     """
 
@@ -106,6 +109,7 @@ class StreamConfig:
     map_num_cpus: float = 0.25
     read_num_cpus: float = 0.25
     map_batch_size: int = 8
+    max_tasks: int = 0
     shuffle_window_shards: int = 2
     crops_per_pass: int = 1
 
@@ -116,6 +120,7 @@ class StreamConfig:
         require(self.map_num_cpus > 0, "map_num_cpus", f"must be > 0, got {self.map_num_cpus}")
         require(self.read_num_cpus > 0, "read_num_cpus", f"must be > 0, got {self.read_num_cpus}")
         require(self.map_batch_size >= 1, "map_batch_size", f"must be >= 1, got {self.map_batch_size}")
+        require(self.max_tasks >= 0, "max_tasks", f"must be >= 0 (0 = no cap), got {self.max_tasks}")
         require(self.crops_per_pass >= 1, "crops_per_pass", f"must be >= 1, got {self.crops_per_pass}")
         require(
             self.shuffle_window_shards >= 1,
@@ -390,6 +395,7 @@ def ray_dataset(
     read_num_cpus: float = 0.25,
     map_batch_size: int = 8,
     crops_per_pass: int = 1,
+    max_tasks: int = 0,
     teachers: bool = False,
 ) -> ray.data.Dataset:
     """A Ray Dataset of training samples (module docstring) from the focal-stack prefix `uri`.
@@ -411,6 +417,7 @@ def ray_dataset(
         read_num_cpus=read_num_cpus,
         map_batch_size=map_batch_size,
         crops_per_pass=crops_per_pass,
+        max_tasks=max_tasks,
     )
     return _ray_dataset(uri, cfg, teachers)
 
@@ -437,18 +444,21 @@ def _ray_dataset(uri: str, cfg: StreamConfig, teachers: bool = False) -> ray.dat
     read = {"shards": shards, "shuffle": cfg.shuffle, "order_seed": order_seed, "reseed": cfg.reseed_each_epoch}
     decode = {"uri": uri, "crop": cfg.crop, "flip": cfg.flip, "seed": cfg.seed, "reseed": cfg.reseed_each_epoch,
               "crops_per_pass": cfg.crops_per_pass, "sidecars": sidecars}
+    compute = ray.data.TaskPoolStrategy(size=cfg.max_tasks or None)
     if cfg.shuffle == "rows":
         # Shuffle the encoded rows: PNG bytes are several times smaller than decoded float crops.
         ds = ds.map_batches(_read_shards, batch_size=1, batch_format="numpy", num_cpus=cfg.read_num_cpus,
-                            fn_kwargs=read, **storage.worker_runtime_env())
+                            compute=compute, fn_kwargs=read, **storage.worker_runtime_env())
         ds = ds.random_shuffle(
             seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=cfg.reseed_each_epoch),
             num_cpus=cfg.read_num_cpus,
         )
         ds = ds.map_batches(_ray_samples, batch_format="pyarrow", batch_size=cfg.map_batch_size,
-                            num_cpus=cfg.map_num_cpus, fn_kwargs=decode, **storage.worker_runtime_env())
+                            num_cpus=cfg.map_num_cpus, compute=compute, fn_kwargs=decode,
+                            **storage.worker_runtime_env())
     else:
         ds = ds.map_batches(_shard_samples, batch_size=1, batch_format="numpy", num_cpus=cfg.map_num_cpus,
+                            compute=compute,
                             fn_kwargs={"read": read, "decode": decode, "batch_rows": cfg.map_batch_size},
                             **storage.worker_runtime_env())  # the tasks open the teacher sidecars themselves
     # Without this Ray wraps a DatasetError from a row in a generic UserCodeException; with it the

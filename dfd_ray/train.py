@@ -52,6 +52,7 @@ class TrainConfig:
     worker_cpus: float = 2.0  # per training worker (torch threads: its whole part); fractional on a laptop
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     ray_cpus: int = 4  # logical CPUs of an embedded local Ray (ignored on a cluster)
+    object_store_mb: int = 2000  # an embedded local Ray's object store: a pass of decoded crops should fit (docs/design.md §5)
     run_name: str = "dfd"  # a run with this name under `out` resumes (Ray Train)
     init: str = ""  # a model URI to start from (fine-tuning, e.g. the shipped model on your own stacks); "" = random
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -67,6 +68,7 @@ class TrainConfig:
         require(self.report_every >= 1 and self.checkpoint_every >= 1, "report_every", "must be >= 1")
         require(self.num_workers >= 1 and self.worker_cpus > 0, "num_workers", "need >= 1 worker with CPUs > 0")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.object_store_mb >= 100, "object_store_mb", f"must be >= 100 MB, got {self.object_store_mb}")
         require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
         require(all(s >= 1 for s in self.lr_decay_at), "lr_decay_at", f"steps must be >= 1, got {self.lr_decay_at}")
         require(all(v >= 0 for v in self.loss.__dict__.values()) and any(v > 0 for v in self.loss.__dict__.values()),
@@ -204,7 +206,7 @@ def run(cfg: TrainConfig) -> dict:
                 f"workers{' and renderer actors' if cfg.uses_renderer() else ''} hold leave less than the {need:g} CPU "
                 "a data task needs: raise ray_cpus (logical CPUs may exceed the cores) or lower worker_cpus")
     save_config(cfg, cfg.out)
-    started = ensure_ray(cfg.ray_cpus)
+    started = ensure_ray(cfg.ray_cpus, cfg.object_store_mb)
     pool = None
     try:
         if cfg.supervision == "self":
@@ -220,7 +222,7 @@ def run(cfg: TrainConfig) -> dict:
         if cfg.uses_renderer():
             pool = RendererPool(cfg.renderer_config())
         dataset = streaming.ray_dataset(prefix, crop=cfg.crop, seed=cfg.seed, crops_per_pass=cfg.crops_per_pass,
-                                        teachers=cfg.supervision == "self")
+                                        max_tasks=2 * cfg.num_workers, teachers=cfg.supervision == "self")
         storage_path, storage_fs = _storage(cfg.out)
         trainer = TorchTrainer(
             train_loop_per_worker,
