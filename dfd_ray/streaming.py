@@ -464,7 +464,21 @@ def _ray_dataset(uri: str, cfg: StreamConfig, teachers: bool = False) -> ray.dat
     # Without this Ray wraps a DatasetError from a row in a generic UserCodeException; with it the
     # caller can catch DatasetError and reads the scene and shard in the message.
     ds.context.raise_original_map_exception = True
+    _without_downstream_backpressure(ds)
     return ds
+
+
+def _without_downstream_backpressure(ds: ray.data.Dataset) -> None:
+    """Ray's backpressure policies less the downstream-capacity one (design §5). Beside a training
+    worker that one kept the executor turning without a wait while a task's next block was ready
+    (0.4 of a core at a pass's start, the step twice as slow); the resource-budget policy still
+    bounds the object store the pipeline may fill."""
+    from ray.data._internal.execution import backpressure_policy  # private to Ray Data 2.60
+
+    key = backpressure_policy.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY
+    policies = ds.context.get_config(key, backpressure_policy.ENABLED_BACKPRESSURE_POLICIES)
+    ds.context.set_config(key, [p for p in policies
+                                if p is not backpressure_policy.DownstreamCapacityBackpressurePolicy])
 
 
 # --- plain PyTorch --------------------------------------------------------------------------

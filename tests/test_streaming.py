@@ -348,6 +348,19 @@ def test_ray_dataset_reads_each_shard_in_a_task_of_its_own_in_a_new_order_each_e
 
 
 @pytest.mark.ray
+def test_ray_dataset_runs_without_the_downstream_capacity_backpressure(ray_session, tmp_path):
+    from ray.data._internal.execution import backpressure_policy as bp
+
+    uri = str(tmp_path / "ds")
+    write_dataset(uri, n=4, shard_size=2)
+    ds = ray_dataset(uri, crop=8, seed=5)
+    # The policy that spun the executor beside a training worker is out; the memory bound stays.
+    assert ds.context.get_config(bp.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY) == [
+        p for p in bp.ENABLED_BACKPRESSURE_POLICIES if p is not bp.DownstreamCapacityBackpressurePolicy]
+    assert bp.ResourceBudgetBackpressurePolicy in ds.context.get_config(bp.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)
+
+
+@pytest.mark.ray
 def test_ray_dataset_unreadable_shard_names_it(ray_session, tmp_path):
     uri = str(tmp_path / "ds")
     write_dataset(uri, n=2, shard_size=2)
