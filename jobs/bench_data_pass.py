@@ -11,17 +11,16 @@ iterates the first `--batches` batches of 4, each followed by `--work-s` seconds
 alone at the start) of torch matmuls on 2 threads, the stand-in for a training step. Per set of
 Ray Data backpressure policies it prints the consumer's seconds per batch (median, first and
 second half), the coordinator's CPU seconds (from the pipeline's start to the last batch) and
-the machine's busy cores over the run. The
-policy sets (`POLICIES`): `pipeline` (the training pipeline's own), `ray` (Ray 2.60's default
-list), `cap` (only the concurrency cap), `cap+budget` and `cap+downstream` (the cap and one
-output policy), `none`. Each set starts a fresh pipeline in the same Ray, one after the other, so the
-first pays the data workers' start-up. Linux only (/proc).
+the machine's busy cores over the run. The policy sets (`POLICIES`): `pipeline` (the training
+pipeline's own), `ray` (Ray's default list), `cap` (only the concurrency cap), `cap+budget` and
+`cap+downstream` (the cap and one output policy), `none`. Each set starts a fresh pipeline in
+the same Ray, one after the other, so the first pays the data workers' start-up. Linux only
+(/proc).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -30,23 +29,27 @@ import threading
 import time
 
 import torch
+from bench_infer import process_table  # jobs/ is this script's folder
 
 from dfd_ray import streaming
 from dfd_ray.ray_session import ensure_ray
 
 
-def _policies(*names: str) -> list:
+def _ray_policies():
     from ray.data._internal.execution import backpressure_policy  # private to Ray Data
 
-    return [getattr(backpressure_policy, name) for name in names]
+    return backpressure_policy
+
+
+def _policies(*names: str) -> list:
+    return [getattr(_ray_policies(), name) for name in names]
 
 
 # Ray Data backpressure policy sets by name; "pipeline" keeps what `streaming.ray_dataset` sets
 # (Ray's less the downstream-capacity policy), "ray" is Ray's own list.
 POLICIES = {
     "pipeline": None,
-    "ray": lambda: _policies("ConcurrencyCapBackpressurePolicy", "ResourceBudgetBackpressurePolicy",
-                             "DownstreamCapacityBackpressurePolicy"),
+    "ray": lambda: list(_ray_policies().ENABLED_BACKPRESSURE_POLICIES),
     "cap": lambda: _policies("ConcurrencyCapBackpressurePolicy"),
     "cap+budget": lambda: _policies("ConcurrencyCapBackpressurePolicy", "ResourceBudgetBackpressurePolicy"),
     "cap+downstream": lambda: _policies("ConcurrencyCapBackpressurePolicy", "DownstreamCapacityBackpressurePolicy"),
@@ -67,30 +70,9 @@ def _calibrate(seconds: float, a: torch.Tensor) -> int:
     return max(1, round(seconds / per))
 
 
-def _coordinators() -> list[str]:
-    """/proc folders of the processes whose title names a SplitCoordinator (Linux only)."""
-    found = []
-    for folder in glob.glob("/proc/[0-9]*"):
-        try:
-            with open(f"{folder}/cmdline", "rb") as f:
-                if b"SplitCoordinator" in f.read():
-                    found.append(folder)
-        except OSError:
-            pass
-    return found
-
-
-def _cpu_s(folders: list[str]) -> float:
-    """User + system CPU seconds of the processes at `folders` (gone ones count 0)."""
-    total = 0
-    for folder in folders:
-        try:
-            with open(f"{folder}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
+def _coordinators() -> dict[int, float]:
+    """pid → CPU seconds of the processes whose title names a SplitCoordinator."""
+    return {pid: cpu for pid, (_, cpu, cmdline) in process_table().items() if "SplitCoordinator" in cmdline}
 
 
 def _machine_busy_s() -> float:
@@ -119,20 +101,19 @@ class _CoordinatorPoller:
     """CPU seconds of every SplitCoordinator seen while running, sampled twice a second."""
 
     def __init__(self) -> None:
-        self.first: dict[str, float] = {}
-        self.last: dict[str, float] = {}
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
-            for folder in _coordinators():
-                cpu = _cpu_s([folder])
-                self.first.setdefault(folder, 0.0)  # a coordinator found later started after the poller
-                self.last[folder] = max(cpu, self.last.get(folder, 0.0))
+            for pid, cpu in _coordinators().items():
+                self.first.setdefault(pid, 0.0)  # a coordinator found later started after the poller
+                self.last[pid] = max(cpu, self.last.get(pid, 0.0))
 
     def __enter__(self) -> "_CoordinatorPoller":
-        self.first = {folder: _cpu_s([folder]) for folder in _coordinators()}
+        self.first = _coordinators()
         self._thread.start()
         return self
 
@@ -174,9 +155,7 @@ def _through_trainer(ds, batches: int, iterations: int, a: torch.Tensor) -> tupl
 def run_one(data: str, policies: str, batches: int, iterations: int, a: torch.Tensor, trainer: bool) -> dict:
     ds = streaming.ray_dataset(data, crop=48, seed=0, max_tasks=2, teachers=True)
     if POLICIES[policies] is not None:
-        from ray.data._internal.execution.backpressure_policy import ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY
-
-        ds.context.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, POLICIES[policies]())
+        ds.context.set_config(_ray_policies().ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, POLICIES[policies]())
     machine0 = _machine_busy_s()
     start = time.perf_counter()
     with _CoordinatorPoller() as poller:

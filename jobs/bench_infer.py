@@ -49,6 +49,24 @@ def process_role(cmdline: str) -> str:
     return (script or words[0]).rsplit("/", 1)[-1]
 
 
+def process_table() -> dict[int, tuple[int, float, str]]:
+    """pid → (parent pid, CPU seconds, command line) of every process /proc lists (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+                with open(f"/proc/{entry}/cmdline") as f:
+                    cmdline = f.read().replace("\0", " ").strip()
+            except OSError:  # it ended meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+            table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, cmdline)
+    return table
+
+
 class ProcessCpu:
     """CPU seconds of this process and all its descendants, polled from /proc in a thread."""
 
@@ -57,21 +75,9 @@ class ProcessCpu:
         self.seen: dict[int, tuple[str, float]] = {}  # pid → (role, CPU seconds at the last poll)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._tick = os.sysconf("SC_CLK_TCK")
 
     def _poll(self) -> None:
-        table = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        stat = f.read()
-                    with open(f"/proc/{entry}/cmdline") as f:
-                        cmdline = f.read().replace("\0", " ").strip()
-                except OSError:  # it ended meanwhile
-                    continue
-                fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
-                table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick, cmdline)
+        table = process_table()
         me = os.getpid()
         for pid, (_, cpu, cmdline) in table.items():
             ancestor = pid
