@@ -6,7 +6,13 @@ Every slice of every stack predicted on its own; per valid GT pixel the CoC erro
 GT CoC through the thin lens, pixels), binned two ways and printed as tables:
 - by the all-in-focus image's local contrast (the standard deviation of its luminance in a
   Gaussian window of sigma 2 px): how much blur a pixel can show at all;
-- by the GT CoC: in focus (< 0.5 px) to strongly blurred.
+- by the GT CoC: in focus (< 0.5 px) to strongly blurred;
+- by the distance to the nearest image border (pixels): how much of the nets' receptive field
+  falls outside the photo;
+- by the distance to the nearest depth edge of the GT (pixels): near an occlusion one pixel's blur
+  mixes two surfaces, so no reader can match the CoC of either.
+A last line gives the error where blur is both defined and visible (AIF contrast >= 0.01, at
+least 8 px from a depth edge).
 The AIF is read for this diagnosis only; nothing trains on it. Without `--model`: the shipped model.
 A model's CoC error scale b is scored too: mean |error| / b and the share of |error| > 3b (1 and
 e^-3 = 0.050 for a calibrated Laplace; below 1 under-, above 1 over-confident, which lens fusion,
@@ -32,6 +38,42 @@ from dfd_ray.models.store import load_model
 
 CONTRAST_BINS = (0.0, 0.01, 0.03, 0.1, 0.3, np.inf)
 COC_BINS_PX = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, np.inf)
+BORDER_BINS_PX = (0.0, 4.0, 8.0, 16.0, 24.0, 32.0, np.inf)
+EDGE_BINS_PX = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, np.inf)
+EDGE_JUMP_LOG = 0.05  # |Δ ln depth| between 4-neighbours that makes a depth edge (a slanted plane stays far below)
+EDGE_CAP_PX = 64  # distance given to pixels with no depth edge that near
+READABLE = (0.01, 8.0)  # AIF contrast and distance to a depth edge [px] from which blur counts as readable
+
+
+def border_distance(height: int, width: int) -> np.ndarray:
+    """(H, W) distance of each pixel to the nearest image border, pixels (0 on the outermost row)."""
+    y = np.minimum(np.arange(height), np.arange(height)[::-1])[:, None]
+    x = np.minimum(np.arange(width), np.arange(width)[::-1])[None, :]
+    return np.minimum(y, x).astype(np.float32)
+
+
+def depth_edge_distance(depth: np.ndarray, jump_log: float = EDGE_JUMP_LOG, cap_px: int = EDGE_CAP_PX) -> np.ndarray:
+    """(H, W) depth in metres (0 = none) → the chessboard distance of each pixel to the nearest
+    depth edge (both pixels of a 4-neighbour pair whose log depths differ by more than `jump_log`),
+    pixels; `cap_px` where none is nearer."""
+    log_depth = np.log(np.where(depth > 0, depth, 1.0))
+    edge = np.zeros(depth.shape, bool)
+    for axis in (0, 1):
+        jump = np.abs(np.diff(log_depth, axis=axis)) > jump_log
+        lo, hi = [slice(None)] * 2, [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        edge[tuple(lo)] |= jump
+        edge[tuple(hi)] |= jump
+    dist = np.full(depth.shape, float(cap_px), np.float32)
+    reach = edge
+    for r in range(cap_px):
+        dist[reach & (dist == cap_px)] = r
+        p = np.pad(reach, 1)
+        reach = np.zeros_like(reach)
+        for dy in range(3):
+            for dx in range(3):
+                reach |= p[dy:dy + depth.shape[0], dx:dx + depth.shape[1]]
+    return dist
 
 
 def local_contrast(aif: np.ndarray, sigma_px: float = 2.0) -> np.ndarray:
@@ -78,10 +120,11 @@ def prior_cocs(train_prefix: str):
     return predict
 
 
-def coc_errors(predict, prefix: str, max_stacks: int = 0) -> tuple[np.ndarray, ...]:
-    """(signed CoC error, AIF contrast, GT CoC, weight, error scale or None) over every valid GT
-    pixel of every slice of the first `max_stacks` stacks (0: all)."""
-    errors, contrasts, gt_cocs, weights, scales = [], [], [], [], []
+def coc_errors(predict, prefix: str, max_stacks: int = 0) -> dict[str, np.ndarray | None]:
+    """Over every valid GT pixel of every slice of the first `max_stacks` stacks (0: all): the
+    signed CoC error [px] ("error"), the AIF contrast, the GT CoC [px], the distances [px] to the
+    image border and to the nearest depth edge, the weight, and the error scale [px] or None."""
+    columns = {k: [] for k in ("error", "contrast", "gt_coc", "border", "depth_edge", "weight", "scale")}
     for n, stack in enumerate(focalstack.read_stacks(prefix)):
         if max_stacks and n >= max_stacks:
             break
@@ -89,17 +132,18 @@ def coc_errors(predict, prefix: str, max_stacks: int = 0) -> tuple[np.ndarray, .
             raise SystemExit(f"{stack.scene_id}: needs GT depth and an AIF image")
         valid = stack.depth > 0
         contrast = local_contrast(stack.aif)
+        border = border_distance(stack.height, stack.width)
+        depth_edge = depth_edge_distance(stack.depth)
         cocs, conf, scale = predict(stack)
         for k, s in enumerate(stack.focus_distances):
             gt_coc = stack.lens.coc_px(np.where(valid, stack.depth, 1.0), float(s))
-            errors.append((cocs[k] - gt_coc)[valid])
-            contrasts.append(contrast[valid])
-            gt_cocs.append(gt_coc[valid])
-            weights.append((np.ones_like(gt_coc) if conf is None else conf[k])[valid])
-            if scale is not None:
-                scales.append(scale[k][valid])
-    return (*(np.concatenate(x) for x in (errors, contrasts, gt_cocs, weights)),
-            np.concatenate(scales) if scales else None)
+            row = {"error": cocs[k] - gt_coc, "contrast": contrast, "gt_coc": gt_coc, "border": border,
+                   "depth_edge": depth_edge, "weight": np.ones_like(gt_coc) if conf is None else conf[k],
+                   "scale": None if scale is None else scale[k]}
+            for key, value in row.items():
+                if value is not None:
+                    columns[key].append(value[valid])
+    return {k: np.concatenate(v) if v else None for k, v in columns.items()}
 
 
 def table(title: str, unit: str, key: np.ndarray, bins: tuple[float, ...], error: np.ndarray,
@@ -137,12 +181,20 @@ def main() -> None:
         predict = prior_cocs(train)
     else:
         predict = model_cocs(load_model(args.model)[0].eval())
-    error, contrast, gt_coc, weight, scale = coc_errors(predict, focalstack.split_prefix(args.data, args.split),
-                                                        args.stacks)
-    weight = weight if args.teacher else None
-    print(table("AIF local contrast", "", contrast, CONTRAST_BINS, error, weight))
-    print()
-    print(table("GT CoC", " px", gt_coc, COC_BINS_PX, error, weight))
+    cols = coc_errors(predict, focalstack.split_prefix(args.data, args.split), args.stacks)
+    error, scale = cols["error"], cols["scale"]
+    weight = cols["weight"] if args.teacher else None
+    for title, unit, key, bins in (("AIF local contrast", "", "contrast", CONTRAST_BINS),
+                                   ("GT CoC", " px", "gt_coc", COC_BINS_PX),
+                                   ("distance to the border", " px", "border", BORDER_BINS_PX),
+                                   ("distance to a depth edge", " px", "depth_edge", EDGE_BINS_PX)):
+        print(table(title, unit, cols[key], bins, error, weight))
+        print()
+    readable = (cols["contrast"] >= READABLE[0]) & (cols["depth_edge"] >= READABLE[1])
+    mae = {name: f"{np.abs(error[m]).mean():.3f} px" if m.any() else "no pixels"
+           for name, m in (("readable", readable), ("elsewhere", ~readable))}
+    print(f"blur readable (AIF contrast >= {READABLE[0]:g}, >= {READABLE[1]:g} px from a depth edge): "
+          f"{readable.mean():.3f} of the pixels, CoC MAE {mae['readable']}; elsewhere {mae['elsewhere']}")
     if scale is not None:
         ratio = np.abs(error) / scale
         print(f"\nerror scale b: mean |error| / b {ratio.mean():.3f}, median {np.median(ratio):.3f}, share of "

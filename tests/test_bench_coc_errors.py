@@ -28,16 +28,40 @@ def test_teacher_mode_scores_the_teachers_coc_through_the_lens(job, tmp_path):
     synth.run(load_config(synth.SynthConfig, [f"out={tmp_path}", "n_scenes=0", "n_test=2", "height=32",
                                               "width=32", "seed=3"]))
     prefix = focalstack.split_prefix(str(tmp_path), "test")
-    error, _, gt_coc, weight, scale = job.coc_errors(job.teacher_cocs(""), prefix, max_stacks=1)
-    assert scale is None
+    cols = job.coc_errors(job.teacher_cocs(""), prefix, max_stacks=1)
+    assert cols["scale"] is None
     stack = next(iter(focalstack.read_stacks(prefix)))
     depth, conf, source = teachers.teacher_maps(stack)
     assert source == "stack"
     valid = stack.depth > 0
     expected = np.concatenate([(stack.lens.coc_px(depth, float(s)) - stack.lens.coc_px(stack.depth, float(s)))[valid]
                                for s in stack.focus_distances])
-    np.testing.assert_allclose(error, expected, atol=1e-5)
-    np.testing.assert_allclose(weight, np.tile(conf[valid], len(stack.focus_distances)))
+    np.testing.assert_allclose(cols["error"], expected, atol=1e-5)
+    n = len(stack.focus_distances)
+    np.testing.assert_allclose(cols["weight"], np.tile(conf[valid], n))
+    np.testing.assert_array_equal(cols["border"], np.tile(job.border_distance(32, 32)[valid], n))
+    np.testing.assert_array_equal(cols["depth_edge"], np.tile(job.depth_edge_distance(stack.depth)[valid], n))
+
+
+def test_border_distance_counts_pixels_to_the_nearest_edge(job):
+    expected = np.array([[0, 0, 0, 0, 0],
+                         [0, 1, 1, 1, 0],
+                         [0, 1, 2, 1, 0],
+                         [0, 1, 1, 1, 0],
+                         [0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(job.border_distance(5, 5), expected)
+    assert job.border_distance(2, 7).max() == 0 and job.border_distance(4, 6)[1:3, 1:5].min() == 1
+
+
+def test_depth_edge_distance_measures_from_both_sides_of_a_jump_and_ignores_a_slant(job):
+    depth = np.full((6, 8), 1.0)
+    depth[:, 5:] = 2.0  # an occlusion between columns 4 and 5
+    dist = job.depth_edge_distance(depth)
+    np.testing.assert_array_equal(dist[0], [4, 3, 2, 1, 0, 0, 1, 2])
+    assert np.all(dist == dist[0])  # the same on every row: chessboard distance to a vertical edge
+    slant = np.exp(np.linspace(0.0, 0.1, 48)).reshape(6, 8)  # at most 0.017 in log depth a step: no edge
+    assert np.all(job.depth_edge_distance(slant) == job.EDGE_CAP_PX)
+    assert np.all(job.depth_edge_distance(slant, cap_px=5) == 5)
 
 
 def test_prior_mode_predicts_each_slices_median_training_coc(job, tmp_path):
@@ -71,7 +95,8 @@ def test_model_mode_scores_the_error_scale_the_model_predicts(job, tmp_path):
     prefix = focalstack.split_prefix(str(tmp_path), "test")
     torch.manual_seed(0)
     model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=8)).eval()
-    error, _, gt_coc, weight, scale = job.coc_errors(job.model_cocs(model), prefix)
+    cols = job.coc_errors(job.model_cocs(model), prefix)
+    error, gt_coc, weight, scale = cols["error"], cols["gt_coc"], cols["weight"], cols["scale"]
     stack = next(iter(focalstack.read_stacks(prefix)))
     with torch.no_grad():
         out = model(torch.from_numpy(stack.images_float()).permute(0, 3, 1, 2),
