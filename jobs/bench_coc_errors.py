@@ -54,20 +54,24 @@ def border_distance(height: int, width: int) -> np.ndarray:
 
 def depth_edge_distance(depth: np.ndarray, jump_log: float = EDGE_JUMP_LOG, cap_px: int = EDGE_CAP_PX) -> np.ndarray:
     """(H, W) depth in metres (0 = none) → the chessboard distance of each pixel to the nearest
-    depth edge (both pixels of a 4-neighbour pair whose log depths differ by more than `jump_log`),
-    pixels; `cap_px` where none is nearer."""
-    log_depth = np.log(np.where(depth > 0, depth, 1.0))
+    depth edge (both pixels of a 4-neighbour pair of valid depths whose logs differ by more than
+    `jump_log`), pixels; `cap_px` where none is nearer."""
+    valid = depth > 0
+    log_depth = np.log(np.where(valid, depth, 1.0))
     edge = np.zeros(depth.shape, bool)
     for axis in (0, 1):
-        jump = np.abs(np.diff(log_depth, axis=axis)) > jump_log
         lo, hi = [slice(None)] * 2, [slice(None)] * 2
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        edge[tuple(lo)] |= jump
-        edge[tuple(hi)] |= jump
+        lo, hi = tuple(lo), tuple(hi)
+        jump = (np.abs(log_depth[hi] - log_depth[lo]) > jump_log) & valid[lo] & valid[hi]
+        edge[lo] |= jump
+        edge[hi] |= jump
     dist = np.full(depth.shape, float(cap_px), np.float32)
     reach = edge
     for r in range(cap_px):
         dist[reach & (dist == cap_px)] = r
+        if reach.all():
+            break
         p = np.pad(reach, 1)
         reach = np.zeros_like(reach)
         for dy in range(3):

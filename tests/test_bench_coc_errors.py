@@ -62,6 +62,9 @@ def test_depth_edge_distance_measures_from_both_sides_of_a_jump_and_ignores_a_sl
     slant = np.exp(np.linspace(0.0, 0.1, 48)).reshape(6, 8)  # at most 0.017 in log depth a step: no edge
     assert np.all(job.depth_edge_distance(slant) == job.EDGE_CAP_PX)
     assert np.all(job.depth_edge_distance(slant, cap_px=5) == 5)
+    holed = np.ones((6, 8))
+    holed[2:4, 2:4] = 0.0  # pixels without GT depth border no edge
+    assert np.all(job.depth_edge_distance(holed) == job.EDGE_CAP_PX)
 
 
 def test_prior_mode_predicts_each_slices_median_training_coc(job, tmp_path):
