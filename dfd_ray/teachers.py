@@ -238,7 +238,9 @@ def teach_shard(shard: str, splat_store: str = "", model_uri: str = "", model_di
 def ensure_teachers(prefix: str, splat_store: str = "", task_cpus: float = 0.5, overwrite: bool = False,
                     model_uri: str = "") -> dict:
     """Sidecars for every shard of `prefix` (Ray tasks for the missing or stale ones, on the
-    running Ray session); returns what was done."""
+    running Ray session); returns what was done. A shard that cannot be taught (unreadable, malformed)
+    fails only itself: every other shard's sidecar is still written, then a DatasetError names each
+    failed shard and why, so that a rerun after the fix computes only those."""
     import ray
 
     shards = focalstack.shard_uris(prefix)
@@ -250,7 +252,18 @@ def ensure_teachers(prefix: str, splat_store: str = "", task_cpus: float = 0.5, 
     todo = shards if overwrite else [s for s in shards if not sidecar_is_current(s, digest)]
     start = time.perf_counter()
     remote = ray.remote(num_cpus=task_cpus, max_retries=1, **storage.worker_runtime_env())(teach_shard)
-    records = ray.get([remote.remote(s, splat_store, model_uri, digest) for s in todo])
+    pending = {remote.remote(s, splat_store, model_uri, digest): s for s in todo}
+    records, failures = [], []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        shard = pending.pop(done[0])
+        try:
+            records.append(ray.get(done[0]))
+        except DatasetError as exc:
+            failures.append(f"{shard}: {getattr(exc, 'cause', exc)}")
+    if failures:
+        raise DatasetError(f"{len(failures)} of {len(todo)} shard(s) could not be taught (the other "
+                           f"{len(records)} sidecars are written): " + "; ".join(failures))
     return {"prefix": prefix, "shards": len(shards), "computed": len(todo),
             "stacks": sum(r["stacks"] for r in records), "from_splats": sum(r["splat"] for r in records),
             "from_model": sum(r["model"] for r in records),

@@ -96,6 +96,20 @@ def test_sidecars_are_computed_once_per_shard_and_streamed_beside_the_crops(ray_
         assert np.array_equal(row["teacher_depth"][0], expected)  # cut and flipped like the slices
 
 
+@pytest.mark.ray
+def test_an_unreadable_shard_fails_alone_and_the_others_are_taught(ray_session, data, tmp_path):
+    prefix = str(tmp_path / "train")
+    focalstack.write_stacks(list(focalstack.read_stacks(f"{data}/train")), prefix, shard_size=2)
+    shards = focalstack.shard_uris(prefix)
+    with open(shards[1], "wb") as f:
+        f.write(b"not parquet")
+    with pytest.raises(DatasetError, match=r"1 of 3 shard\(s\).*part-00001\.parquet.*not a readable Parquet"):
+        teachers.ensure_teachers(prefix)
+    assert [teachers.sidecar_is_current(s) for s in (shards[0], shards[2])] == [True, True]
+    focalstack.write_stacks(list(focalstack.read_stacks(f"{data}/train")), prefix, shard_size=2)  # the fix
+    assert teachers.ensure_teachers(prefix)["computed"] == 1  # only the failed shard is redone
+
+
 def test_a_model_teacher_is_the_lens_fusion_with_the_classical_depth_as_its_prior(data):
     stack = next(iter(focalstack.read_stacks(f"{data}/train")))
     model = load_model("")[0]  # the shipped model
