@@ -19,7 +19,10 @@ e^-3 = 0.050 for a calibrated Laplace; below 1 under-, above 1 over-confident, w
 multiplying the slices' likelihoods, punishes).
 `--teacher` scores the training teacher instead of a model (`teachers.teacher_maps`, what `dfd-ray
 train` learns from: the splat fit's depth for scenes in `--splats`, else the classical stack
-depth), with a second MAE column weighted by the teacher's confidence and the mean confidence.
+depth), with a second MAE column weighted by the teacher's confidence and the mean confidence, and a
+table binned by that confidence (does the error fall as it rises).
+`--fill-sigma S` scores the classical depth filled over a window of σ S px instead (`teachers.fill_depth`; 0:
+not filled), to choose the fill's window.
 `--prior` scores the uninformed reading instead: per slice, the median CoC of the training split's
 GT depths (`train.gt_depths`) on every pixel, what a model that reads nothing does best in CoC MAE.
 """
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 
 from dfd_ray import focalstack
-from dfd_ray.teachers import teacher_maps
+from dfd_ray.teachers import fill_depth, stack_depth, teacher_maps
 from dfd_ray.filters import local_variance
 from dfd_ray.models.store import load_model
 
@@ -42,6 +45,7 @@ BORDER_BINS_PX = (0.0, 4.0, 8.0, 16.0, 24.0, 32.0, np.inf)
 EDGE_BINS_PX = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, np.inf)
 EDGE_JUMP_LOG = 0.05  # |Δ ln depth| between 4-neighbours that makes a depth edge (a slanted plane stays far below)
 EDGE_CAP_PX = 64  # distance given to pixels with no depth edge that near
+CONFIDENCE_BINS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.01)  # a teacher's own confidence
 READABLE = (0.01, 8.0)  # AIF contrast and distance to a depth edge [px] from which blur counts as readable
 
 
@@ -98,10 +102,16 @@ def model_cocs(model):
     return predict
 
 
-def teacher_cocs(splat_store: str):
-    """A stack → its teacher's CoC maps (S, H, W) px through the thin lens, its confidence per slice, no scales."""
+def teacher_cocs(splat_store: str, fill_sigma_px: float | None = None):
+    """A stack → its teacher's CoC maps (S, H, W) px through the thin lens, its confidence per slice, no scales.
+    With `fill_sigma_px`: the classical stack depth filled over that window instead (0: unfilled)."""
     def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, np.ndarray, None]:
-        depth, conf, _ = teacher_maps(stack, splat_store)
+        if fill_sigma_px is None:
+            depth, conf, _ = teacher_maps(stack, splat_store)
+        elif fill_sigma_px > 0:
+            depth, conf = fill_depth(*stack_depth(stack), sigma_px=fill_sigma_px)
+        else:
+            depth, conf = stack_depth(stack)
         cocs = np.stack([stack.lens.coc_px(depth, float(s)) for s in stack.focus_distances])
         return cocs, np.broadcast_to(conf, cocs.shape), None
     return predict
@@ -173,11 +183,14 @@ def main() -> None:
     mode.add_argument("--teacher", action="store_true", help="score the stack teacher instead of a model")
     mode.add_argument("--prior", action="store_true", help="score the training GT's median CoC per slice instead")
     parser.add_argument("--splats", default="", help="with --teacher: a splat store whose fits teach")
+    parser.add_argument("--fill-sigma", type=float, default=None,
+                        help="with --teacher: score the classical stack depth filled over this window [px] "
+                             "instead (0: unfilled; default: the teacher as trained)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--stacks", type=int, default=0, help="score the first N stacks only (0: all)")
     args = parser.parse_args()
     if args.teacher:
-        predict = teacher_cocs(args.splats)
+        predict = teacher_cocs(args.splats, args.fill_sigma)
     elif args.prior:
         train = focalstack.find_split(args.data, "train")
         if train is None:  # split_prefix would fall back to another split: scored on itself
@@ -193,6 +206,9 @@ def main() -> None:
                                    ("distance to the border", " px", "border", BORDER_BINS_PX),
                                    ("distance to a depth edge", " px", "depth_edge", EDGE_BINS_PX)):
         print(table(title, unit, cols[key], bins, error, weight))
+        print()
+    if weight is not None:  # is the teacher's confidence calibrated: does its error fall as it rises?
+        print(table("teacher confidence", "", weight, CONFIDENCE_BINS, error, weight))
         print()
     readable = (cols["contrast"] >= READABLE[0]) & (cols["depth_edge"] >= READABLE[1])
     mae = {name: f"{np.abs(error[m]).mean():.3f} px" if m.any() else "no pixels"

@@ -97,7 +97,7 @@ def training_throughput(device: str, steps: int = 10) -> dict:
     recipe = TrainConfig(data="unused", out="unused")
     cfg = synth.SynthConfig(out="unused", height=64, width=64)  # scenes made in memory, nothing written
     stacks = [synth.make_scene(cfg, i, "train") for i in range(recipe.batch_size)]
-    samples = [streaming.make_sample(st, recipe.crop, np.random.default_rng(i), teacher=teachers.stack_depth(st))
+    samples = [streaming.make_sample(st, recipe.crop, np.random.default_rng(i), teacher=teachers.teacher_maps(st)[:2])
                for i, st in enumerate(stacks)]
     batch = {k: torch.from_numpy(v).to(device) for k, v in streaming.stack_samples(samples).items()}
     torch.manual_seed(0)
