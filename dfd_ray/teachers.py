@@ -2,8 +2,7 @@
 
 No GT and no all-in-focus image: a scene's teacher depth is its splat fit's depth where a fit
 exists (`splats=` a store of `dfd-ray fit`), else the classical stack depth (`stack_depth`: depth
-from focus and relative blur combined; a fraction of a second per 64² stack) filled from its
-confident neighbours where it has no confidence of its own (`fill_depth`). With `model=` a
+from focus and relative blur combined; a fraction of a second per 64² stack). With `model=` a
 trained model, that depth becomes the prior of the model's lens fusion of the stack's slices
 (`model_depth`): a self-training round, whose teacher is the last round's model reading the
 whole stack (docs/design.md §8). Through the thin
@@ -50,7 +49,7 @@ from dfd_ray.ray_session import ensure_ray
 
 FOLDER = "teachers"
 VERSION_KEY = b"dfd_ray.teachers_version"
-VERSION = "2"  # 2: the classical depth filled from confident neighbours (`fill_depth`)
+VERSION = "1"
 MODEL_KEY = b"dfd_ray.teacher_model"  # file metadata of a model-taught sidecar: the model's weights digest
 SCHEMA = pa.schema(
     [
@@ -87,8 +86,6 @@ def sidecar_uri(shard: str) -> str:
 
 
 AGREEMENT_PX = 0.5  # CoC disagreement of the two classical depths at which the confidence falls by 1/e
-FILL_SIGMA_PX = 2.0  # window of the confidence-weighted fill of the classical depth (`fill_depth`)
-FILL_CONF_POWER = 0.5  # the filled confidence is the window's mean confidence to this power
 
 
 def _mean_gain_px(stack: FocalStack) -> float:
@@ -113,29 +110,6 @@ def stack_depth(stack: FocalStack) -> tuple[np.ndarray, np.ndarray]:
     disagreement_px = gain * np.abs(1.0 / dff - 1.0 / rel)
     depth = 2.0 / (1.0 / dff + 1.0 / rel)
     return depth.astype(np.float32), (np.clip(dff_conf, 0, 1) * np.exp(-disagreement_px / AGREEMENT_PX)).astype(np.float32)
-
-
-def fill_depth(depth: np.ndarray, confidence: np.ndarray, sigma_px: float = FILL_SIGMA_PX,
-               power: float = FILL_CONF_POWER) -> tuple[np.ndarray, np.ndarray]:
-    """(depth (H, W) m, confidence (H, W)) → the depth's confidence-weighted mean in inverse depth
-    over a Gaussian window of σ `sigma_px` (normalised convolution), and the window's mean
-    confidence to the power `power`.
-
-    Where a surface shows no detail the classical depths are noise with almost no confidence, and a
-    student taught there learns nothing; the confident pixels around it say more about its depth
-    than its own reading does (docs/design.md §8).
-    """
-    import torch
-
-    from dfd_ray.filters import gaussian_blur
-
-    c = torch.from_numpy(np.clip(confidence, 0, 1).astype(np.float32))[None, None]
-    u = torch.from_numpy((1.0 / depth).astype(np.float32))[None, None]
-    support = gaussian_blur(c, sigma_px)
-    filled = gaussian_blur(c * u, sigma_px) / support.clamp_min(1e-6)
-    # Where no pixel in the window is confident the mean is undefined: keep the pixel's own reading.
-    filled = torch.where(support > 1e-6, filled, u)
-    return (1.0 / filled)[0, 0].numpy().astype(np.float32), (support**power)[0, 0].numpy().astype(np.float32)
 
 
 def model_depth(stack: FocalStack, model, prior: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +137,7 @@ def model_depth(stack: FocalStack, model, prior: tuple[np.ndarray, np.ndarray]) 
 
 def teacher_maps(stack: FocalStack, splat_store: str = "", model=None) -> tuple[np.ndarray, np.ndarray, str]:
     """(depth (H, W) m, confidence (H, W), source) of one stack: the splat fit's where `splat_store`
-    holds the scene ("splat"), else the classical stack depth filled from its confident neighbours ("stack", `fill_depth`); with a
+    holds the scene ("splat"), else the classical stack depth ("stack", `stack_depth`); with a
     `model` (a loaded DFDModel), that depth is the prior of the model's lens fusion ("model",
     `model_depth`)."""
     depth = confidence = None
@@ -176,7 +150,7 @@ def teacher_maps(stack: FocalStack, splat_store: str = "", model=None) -> tuple[
         except FileNotFoundError:
             pass
     if depth is None:
-        depth, confidence = fill_depth(*stack_depth(stack))
+        depth, confidence = stack_depth(stack)
         source = "stack"
     if model is not None:
         depth, confidence = model_depth(stack, model, (depth, confidence))

@@ -20,9 +20,7 @@ multiplying the slices' likelihoods, punishes).
 `--teacher` scores the training teacher instead of a model (`teachers.teacher_maps`, what `dfd-ray
 train` learns from: the splat fit's depth for scenes in `--splats`, else the classical stack
 depth), with a second MAE column weighted by the teacher's confidence and the mean confidence, and a
-table binned by that confidence (does the error fall as it rises).
-`--fill-sigma S` scores the classical depth filled over a window of σ S px instead (`teachers.fill_depth`; 0:
-not filled), to choose the fill's window.
+table binned by that confidence (does the error fall as the confidence rises).
 `--prior` scores the uninformed reading instead: per slice, the median CoC of the training split's
 GT depths (`train.gt_depths`) on every pixel, what a model that reads nothing does best in CoC MAE.
 """
@@ -35,7 +33,7 @@ import numpy as np
 import torch
 
 from dfd_ray import focalstack
-from dfd_ray.teachers import fill_depth, stack_depth, teacher_maps
+from dfd_ray.teachers import teacher_maps
 from dfd_ray.filters import local_variance
 from dfd_ray.models.store import load_model
 
@@ -102,16 +100,10 @@ def model_cocs(model):
     return predict
 
 
-def teacher_cocs(splat_store: str, fill_sigma_px: float | None = None):
-    """A stack → its teacher's CoC maps (S, H, W) px through the thin lens, its confidence per slice, no scales.
-    With `fill_sigma_px`: the classical stack depth filled over that window instead (0: unfilled)."""
+def teacher_cocs(splat_store: str):
+    """A stack → its teacher's CoC maps (S, H, W) px through the thin lens, its confidence per slice, no scales."""
     def predict(stack: focalstack.FocalStack) -> tuple[np.ndarray, np.ndarray, None]:
-        if fill_sigma_px is None:
-            depth, conf, _ = teacher_maps(stack, splat_store)
-        elif fill_sigma_px > 0:
-            depth, conf = fill_depth(*stack_depth(stack), sigma_px=fill_sigma_px)
-        else:
-            depth, conf = stack_depth(stack)
+        depth, conf, _ = teacher_maps(stack, splat_store)
         cocs = np.stack([stack.lens.coc_px(depth, float(s)) for s in stack.focus_distances])
         return cocs, np.broadcast_to(conf, cocs.shape), None
     return predict
@@ -183,14 +175,11 @@ def main() -> None:
     mode.add_argument("--teacher", action="store_true", help="score the stack teacher instead of a model")
     mode.add_argument("--prior", action="store_true", help="score the training GT's median CoC per slice instead")
     parser.add_argument("--splats", default="", help="with --teacher: a splat store whose fits teach")
-    parser.add_argument("--fill-sigma", type=float, default=None,
-                        help="with --teacher: score the classical stack depth filled over this window [px] "
-                             "instead (0: unfilled; default: the teacher as trained)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--stacks", type=int, default=0, help="score the first N stacks only (0: all)")
     args = parser.parse_args()
     if args.teacher:
-        predict = teacher_cocs(args.splats, args.fill_sigma)
+        predict = teacher_cocs(args.splats)
     elif args.prior:
         train = focalstack.find_split(args.data, "train")
         if train is None:  # split_prefix would fall back to another split: scored on itself

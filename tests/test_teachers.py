@@ -61,31 +61,9 @@ def test_stack_teacher_prefers_a_splat_fit_and_falls_back_to_the_stack_depth(dat
     assert np.frombuffer(fitted["confidence"], "<f2").tolist() == pytest.approx([0.75] * 32 * 32, rel=1e-3)
     unfitted = teachers.stack_teacher(stacks[1], str(tmp_path))
     assert unfitted["source"] == "stack"
-    depth, conf = teachers.fill_depth(*teachers.stack_depth(stacks[1]))
+    depth, conf = teachers.stack_depth(stacks[1])
     assert np.frombuffer(unfitted["depth"], "<f2").reshape(32, 32) == pytest.approx(depth, rel=1e-3)
     assert np.frombuffer(unfitted["confidence"], "<f2").reshape(32, 32) == pytest.approx(conf, abs=1e-3)
-
-
-def test_the_fill_takes_a_doubtful_pixels_depth_from_the_confident_ones_around_it():
-    sigma, power = 1.0, 0.5
-    depth = np.full((5, 9), 0.5, np.float32)  # metres: 2 m^-1
-    depth[:, 5:] = 0.25  # 4 m^-1
-    depth[2, 4] = 7.0  # a doubtful reading between the two
-    conf = np.ones((5, 9), np.float32)
-    conf[2, 4] = 0.0
-    filled, filled_conf = teachers.fill_depth(depth, conf, sigma, power)
-    # Row 2, column 4 by hand: Gaussian weights k (σ = 1 px, radius 3, summing to 1) per row and
-    # column offset; every pixel of the window is confident but the doubtful one itself (k0 * k0).
-    k = np.exp(-0.5 * np.arange(-3, 4) ** 2)
-    k /= k.sum()
-    at_2, at_4 = k[:3].sum() + k[3] * (1 - k[3]), k[4:].sum()  # columns 1-4 (2 m^-1) and 5-7 (4 m^-1)
-    assert float(filled[2, 4]) == pytest.approx((at_2 + at_4) / (2.0 * at_2 + 4.0 * at_4), rel=1e-5)
-    assert float(filled_conf[2, 4]) == pytest.approx((1 - k[3] ** 2) ** power, rel=1e-5)
-    # Far from the doubtful pixel and the edge, a confident plane keeps its depth and confidence.
-    assert float(filled[2, 0]) == pytest.approx(0.5, rel=1e-5) and float(filled_conf[2, 0]) == pytest.approx(1.0, rel=1e-5)
-    # Nowhere confident: the pixel's own reading is kept, with no confidence.
-    alone, alone_conf = teachers.fill_depth(depth, np.zeros_like(conf), sigma, power)
-    assert np.allclose(alone, depth) and float(alone_conf.max()) == 0.0
 
 
 @pytest.mark.ray
@@ -100,11 +78,11 @@ def test_sidecars_are_computed_once_per_shard_and_streamed_beside_the_crops(ray_
     stacks = list(focalstack.read_stacks(prefix))
     focalstack.write_stacks([stacks[i] for i in (0, 2, 1, 3, 4)], prefix, shard_size=2)
     assert teachers.ensure_teachers(prefix)["computed"] == 2 and all(teachers.sidecar_is_current(s) for s in shards)
-    # A sidecar of an earlier teacher version is recomputed, not trained on.
+    # A sidecar of another teacher version is recomputed, not trained on.
     old = pq.read_table(teachers.sidecar_uri(shards[0]))
-    pq.write_table(old.replace_schema_metadata({teachers.VERSION_KEY: b"1"}), teachers.sidecar_uri(shards[0]))
+    pq.write_table(old.replace_schema_metadata({teachers.VERSION_KEY: b"0"}), teachers.sidecar_uri(shards[0]))
     assert not teachers.sidecar_is_current(shards[0])
-    with pytest.raises(DatasetError, match="not a version-2 teacher sidecar"):
+    with pytest.raises(DatasetError, match="not a version-1 teacher sidecar"):
         teachers.read_sidecar(teachers.sidecar_uri(shards[0]))
     assert teachers.ensure_teachers(prefix)["computed"] == 1 and teachers.sidecar_is_current(shards[0])
 
@@ -143,7 +121,7 @@ def test_an_unreadable_shard_fails_alone_and_the_others_are_taught(ray_session, 
 def test_a_model_teacher_is_the_lens_fusion_with_the_classical_depth_as_its_prior(data):
     stack = next(iter(focalstack.read_stacks(f"{data}/train")))
     model = load_model("")[0]  # the shipped model
-    prior = teachers.fill_depth(*teachers.stack_depth(stack))
+    prior = teachers.stack_depth(stack)
     depth, conf, source = teachers.teacher_maps(stack, model=model)
     assert source == "model" and depth.shape == conf.shape == (32, 32)
     log_lik = torch.from_numpy(predict_slices(model, stack)["log_likelihood"])
