@@ -169,6 +169,10 @@ def stack_teacher(stack: FocalStack, splat_store: str = "", model=None) -> dict:
             "confidence": np.ascontiguousarray(np.clip(confidence, 0, 1), dtype="<f2").tobytes()}
 
 
+def _of_this_version(table: pa.Table) -> bool:
+    return (table.schema.metadata or {}).get(VERSION_KEY) == VERSION.encode()
+
+
 def read_sidecar(uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """scene_id → (depth (H, W) m, confidence (H, W)), float32; a DatasetError naming the file
     and what is wrong when it is not a teacher sidecar."""
@@ -178,8 +182,7 @@ def read_sidecar(uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise
     except Exception as exc:
         raise DatasetError(f"{uri}: not a readable teacher sidecar: {exc}") from None
-    meta = table.schema.metadata or {}
-    if meta.get(VERSION_KEY) != VERSION.encode() or not set(SCHEMA.names) <= set(table.schema.names):
+    if not _of_this_version(table) or not set(SCHEMA.names) <= set(table.schema.names):
         raise DatasetError(f"{uri}: not a version-{VERSION} teacher sidecar (columns {table.schema.names}); "
                            "recompute it with dfd-ray teach ... overwrite=true")
     out = {}
@@ -197,9 +200,9 @@ def read_sidecar(uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def sidecar_is_current(shard: str, model_digest: str = "") -> bool:
-    """Whether the shard's sidecar exists, is of this version and holds exactly its scenes (and, with `model_digest`,
-    was taught by that model: a self-training round replaces the classical teachers and an
-    earlier round's)."""
+    """Whether the shard's sidecar exists, is of this version and holds exactly its scenes (and,
+    with `model_digest`, was taught by that model: a self-training round replaces the classical
+    teachers and an earlier round's)."""
     uri = sidecar_uri(shard)
     if not storage.exists(uri):
         return False
@@ -209,10 +212,9 @@ def sidecar_is_current(shard: str, model_digest: str = "") -> bool:
         raise
     except Exception:
         return False  # torn or foreign: recompute it
-    meta = table.schema.metadata or {}
-    if meta.get(VERSION_KEY) != VERSION.encode():
+    if not _of_this_version(table):
         return False  # taught by another version of the teacher: recompute it
-    if model_digest and meta.get(MODEL_KEY) != model_digest.encode():
+    if model_digest and (table.schema.metadata or {}).get(MODEL_KEY) != model_digest.encode():
         return False
     return sorted(table.column("scene_id").to_pylist()) == sorted(focalstack.shard_scene_ids(shard))
 

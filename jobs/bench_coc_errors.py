@@ -196,7 +196,7 @@ def main() -> None:
                                    ("distance to a depth edge", " px", "depth_edge", EDGE_BINS_PX)):
         print(table(title, unit, cols[key], bins, error, weight))
         print()
-    if weight is not None:  # is the teacher's confidence calibrated: does its error fall as it rises?
+    if args.teacher:  # is the teacher's confidence calibrated: does its error fall as it rises?
         print(table("teacher confidence", "", weight, CONFIDENCE_BINS, error, weight))
         print()
     readable = (cols["contrast"] >= READABLE[0]) & (cols["depth_edge"] >= READABLE[1])

@@ -43,6 +43,20 @@ def test_teacher_mode_scores_the_teachers_coc_through_the_lens(job, tmp_path):
     np.testing.assert_array_equal(cols["depth_edge"], np.tile(job.depth_edge_distance(stack.depth)[valid], n))
 
 
+def test_teacher_mode_prints_the_error_by_the_teachers_own_confidence(job, tmp_path, monkeypatch, capsys):
+    synth.run(load_config(synth.SynthConfig, [f"out={tmp_path}", "n_scenes=0", "n_test=1", "height=32",
+                                              "width=32", "seed=3"]))
+    monkeypatch.setattr("sys.argv", ["bench_coc_errors.py", "--data", str(tmp_path), "--teacher"])
+    job.main()
+    tables = capsys.readouterr().out.split("\n\n")
+    by_conf = next(t for t in tables if t.startswith("| teacher confidence |")).splitlines()
+    cols = job.coc_errors(job.teacher_cocs(""), focalstack.split_prefix(str(tmp_path), "test"))
+    assert by_conf == job.table("teacher confidence", "", cols["weight"], job.CONFIDENCE_BINS, cols["error"],
+                                cols["weight"]).splitlines()
+    # Every pixel falls in a bin: its "all" row is the other tables'.
+    assert by_conf[-1] == tables[0].splitlines()[-1]
+
+
 def test_border_distance_counts_pixels_to_the_nearest_edge(job):
     expected = np.array([[0, 0, 0, 0, 0],
                          [0, 1, 1, 1, 0],
