@@ -43,6 +43,7 @@ class TrainConfig:
     lr: float = 1e-3  # Adam's learning rate, until the first step of lr_decay_at
     lr_decay_at: list[int] = field(default_factory=lambda: [7200])  # steps after which the rate is multiplied by lr_decay
     lr_decay: float = 0.1  # factor per step of lr_decay_at; a resumed run follows the schedule of its config
+    lr_schedule: str = "step"  # "step" (lr_decay_at, lr_decay) or "cosine" (lr annealed to 0 over `steps`)
     ema_decay: float = 0.0  # > 0: checkpoints serve an exponential moving average of the weights (e.g. 0.999)
     seed: int = 0  # crops, flips and data order; another seed on resume draws new crops
     report_every: int = 50  # steps between metric reports (reports block; docs/design.md)
@@ -62,6 +63,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require_choice("supervision", self.supervision, ["self", "gt"])
         require_choice("depth_loss", self.depth_loss, ["rel", "log"])
+        require_choice("lr_schedule", self.lr_schedule, ["step", "cosine"])
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.steps >= 1 and self.batch_size >= 1 and self.crop >= 8, "steps", "steps, batch_size >= 1, crop >= 8")
         require(self.crops_per_pass >= 1, "crops_per_pass", f"must be >= 1, got {self.crops_per_pass}")
@@ -127,7 +129,8 @@ def train_loop_per_worker(config: dict) -> None:
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             for group in optimiser.param_groups:
-                group["lr"] = learning_rate(cfg.lr, cfg.lr_decay_at, cfg.lr_decay, step)
+                group["lr"] = learning_rate(cfg.lr, cfg.lr_decay_at, cfg.lr_decay, step,
+                                            cosine_steps=cfg.steps if cfg.lr_schedule == "cosine" else 0)
             optimiser.step()
             if average is not None:
                 average.update(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from collections.abc import Sequence
 
@@ -78,10 +79,14 @@ def load_training_state(folder: str, model: DFDModel, optimiser: torch.optim.Opt
     return state["step"], state["history"]
 
 
-def learning_rate(lr: float, decay_at: Sequence[int], decay: float, steps_done: int) -> float:
-    """The rate of the step after `steps_done` steps: `lr`, times `decay` for each step of `decay_at` passed.
+def learning_rate(lr: float, decay_at: Sequence[int], decay: float, steps_done: int, cosine_steps: int = 0) -> float:
+    """The rate of the step after `steps_done` steps: `lr`, times `decay` for each step of `decay_at` passed;
+    or, with `cosine_steps` > 0, `lr` annealed to 0 over that many steps along half a cosine (`decay_at`
+    and `decay` unused).
 
     A function of the step, set before every update, so that a resumed or extended run follows the
     schedule of its config; the rate stored in a checkpoint's optimiser state is not used.
     """
+    if cosine_steps > 0:
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(steps_done, cosine_steps) / cosine_steps))
     return lr * decay ** sum(steps_done >= s for s in decay_at)

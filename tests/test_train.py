@@ -123,7 +123,8 @@ def test_a_bad_init_model_is_a_config_error_before_cluster_work(data, splats, tm
 @pytest.mark.parametrize("override, key", [("lr_decay=0", "lr_decay"), ("lr_decay=1.5", "lr_decay"),
                                            ("lr_decay_at=[0]", "lr_decay_at"), ("lr=0", "lr"),
                                            ("ema_decay=1", "ema_decay"), ("ema_decay=-0.1", "ema_decay"),
-                                           ("depth_loss=abs", "depth_loss"), ("loss.side=-1", "loss")])
+                                           ("depth_loss=abs", "depth_loss"), ("loss.side=-1", "loss"),
+                                           ("lr_schedule=linear", "lr_schedule")])
 def test_bad_learning_rate_schedule_is_a_config_error(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config(train.TrainConfig, ["data=d", "out=o", override])

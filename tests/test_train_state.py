@@ -82,3 +82,9 @@ def test_learning_rate_steps_down_after_each_decay_step():
     rates = [train_state.learning_rate(1e-2, [3, 5], 0.5, done) for done in range(7)]
     assert rates == [1e-2] * 3 + [5e-3] * 2 + [2.5e-3] * 2
     assert train_state.learning_rate(1e-3, [], 0.1, 10**6) == 1e-3
+
+
+def test_cosine_learning_rate_anneals_to_zero_over_the_run_and_ignores_decay_steps():
+    rates = [train_state.learning_rate(1e-2, [1], 0.5, done, cosine_steps=4) for done in range(6)]
+    expected = [1e-2, 1e-2 * (1 + 2**-0.5) / 2, 5e-3, 1e-2 * (1 - 2**-0.5) / 2, 0.0, 0.0]
+    assert rates == pytest.approx(expected, abs=1e-12)
