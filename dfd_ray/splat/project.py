@@ -7,6 +7,7 @@ does, so that the two backends see identical 2D Gaussians.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,20 +56,25 @@ def covariance_3d(quats: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor
     return torch.stack([s00, s01, s02, s01, s11, s12, s02, s12, s22], -1).reshape(*quats.shape[:-1], 3, 3)
 
 
+def clamp_limits(camera: Camera) -> tuple[float, float, float, float]:
+    """gsplat's field-of-view clamp of x/z and y/z in the perspective Jacobian: (x below, x above,
+    y below, y above), each bound positive. Taken from the whole sensor (gsplat uses the rendered
+    image's; for an uncropped camera they are the same), so that a window renders exactly as its
+    part of the full image."""
+    fx, fy = camera.fx, camera.fy
+    sensor_cx, sensor_cy = camera.cx + camera.origin_x, camera.cy + camera.origin_y
+    tan_fovx, tan_fovy = 0.5 * camera.sensor_width / fx, 0.5 * camera.sensor_height / fy
+    return (sensor_cx / fx + 0.3 * tan_fovx, (camera.sensor_width - sensor_cx) / fx + 0.3 * tan_fovx,
+            sensor_cy / fy + 0.3 * tan_fovy, (camera.sensor_height - sensor_cy) / fy + 0.3 * tan_fovy)
+
+
 def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor,
                    camera: Camera) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """EWA projection: means2d (N, 2) pixels and the 2D covariance's entries xx, xy, yy (N,)
     pixels², without dilation."""
     x, y, z = means.unbind(-1)
     fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
-    # Clamp limits from the whole sensor (gsplat uses the rendered image's; for an uncropped
-    # camera they are the same), so that a window renders exactly as its part of the full image.
-    sensor_cx, sensor_cy = cx + camera.origin_x, cy + camera.origin_y
-    tan_fovx, tan_fovy = 0.5 * camera.sensor_width / fx, 0.5 * camera.sensor_height / fy
-    lim_x_pos = (camera.sensor_width - sensor_cx) / fx + 0.3 * tan_fovx
-    lim_x_neg = sensor_cx / fx + 0.3 * tan_fovx
-    lim_y_pos = (camera.sensor_height - sensor_cy) / fy + 0.3 * tan_fovy
-    lim_y_neg = sensor_cy / fy + 0.3 * tan_fovy
+    lim_x_neg, lim_x_pos, lim_y_neg, lim_y_pos = clamp_limits(camera)
     tx = z * torch.clamp(x / z, -lim_x_neg, lim_x_pos)
     ty = z * torch.clamp(y / z, -lim_y_neg, lim_y_pos)
     # J Σ J^T with the Jacobian J = [[j00, 0, j02], [0, j11, j12]], entry by entry.
@@ -81,6 +87,14 @@ def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor,
     cov_yy = j11 * j11 * s11 + 2 * j11 * j12 * s12 + j12 * j12 * s22
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
     return means2d, cov_xx, cov_xy, cov_yy
+
+
+def ewa_2d(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tensor,
+           camera: Camera) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The projection's geometry in plain PyTorch (any device; the reference `project_numba.ewa_2d`
+    is tested against): means2d (N, 2) pixels and the 2D covariance's xx, xy, yy (N,) pixels²,
+    without dilation."""
+    return perspective_2d(means, covariance_3d(quats, log_scales), camera)
 
 
 def thin_lens_coc_px(
@@ -118,6 +132,7 @@ def project(
     aperture: torch.Tensor | float | None = None,
     coc_map: torch.Tensor | None = None,
     eps2d: float = EPS2D,
+    geometry: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = ewa_2d,
 ) -> Projected:
     """Project the splats once per image, blurring each Gaussian by its CoC (docs/design.md §3).
 
@@ -126,10 +141,10 @@ def project(
     (B, H, W), pixels) sampled at each projected centre. Neither: one pinhole image. A uniform
     disc of diameter c has per-axis variance c²/16, added to the 2D covariance; the opacity is
     scaled by sqrt(det Σ / det(Σ + σ² I)) so that the splat's energy stays the same as it spreads.
+    `geometry` is `ewa_2d` or a backend's compiled twin (`project_numba.ewa_2d`).
     """
     camera = splats.camera
-    cov3d = covariance_3d(splats.quats, splats.log_scales)
-    means2d, cov_xx, cov_xy, cov_yy = perspective_2d(splats.means, cov3d, camera)
+    means2d, cov_xx, cov_xy, cov_yy = geometry(splats.means, splats.quats, splats.log_scales, camera)
     depths = splats.means[:, 2]
     cov_xx, cov_xy, cov_yy = (cov_xx + eps2d)[None], cov_xy[None], (cov_yy + eps2d)[None]  # (1, N) each
     opacities = torch.sigmoid(splats.opacity_logits)[None]
