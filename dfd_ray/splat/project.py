@@ -7,7 +7,6 @@ does, so that the two backends see identical 2D Gaussians.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -132,7 +131,7 @@ def project(
     aperture: torch.Tensor | float | None = None,
     coc_map: torch.Tensor | None = None,
     eps2d: float = EPS2D,
-    geometry: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = ewa_2d,
+    compiled: bool = False,
 ) -> Projected:
     """Project the splats once per image, blurring each Gaussian by its CoC (docs/design.md §3).
 
@@ -141,13 +140,17 @@ def project(
     (B, H, W), pixels) sampled at each projected centre. Neither: one pinhole image. A uniform
     disc of diameter c has per-axis variance c²/16, added to the 2D covariance; the opacity is
     scaled by sqrt(det Σ / det(Σ + σ² I)) so that the splat's energy stays the same as it spreads.
-    `geometry` is `ewa_2d` or a backend's compiled twin (`project_numba.ewa_2d`).
+    `compiled`: the numba twins of the geometry and defocus steps (CPU tensors; `project_numba`).
     """
     camera = splats.camera
+    if compiled:
+        from dfd_ray.splat import project_numba  # it imports this module
+
+        geometry, defocus = project_numba.ewa_2d, project_numba.defocus_2d
+    else:
+        geometry, defocus = ewa_2d, defocus_2d
     means2d, cov_xx, cov_xy, cov_yy = geometry(splats.means, splats.quats, splats.log_scales, camera)
     depths = splats.means[:, 2]
-    cov_xx, cov_xy, cov_yy = (cov_xx + eps2d)[None], cov_xy[None], (cov_yy + eps2d)[None]  # (1, N) each
-    opacities = torch.sigmoid(splats.opacity_logits)[None]
     if coc_map is not None:
         if focus_distance is not None:
             raise ValueError("give either focus_distance or coc_map, not both")
@@ -163,6 +166,19 @@ def project(
         coc = thin_lens_coc_px(depths[None], s, a, camera)
     else:
         coc = None
+    conics, opacities, radii = defocus(cov_xx, cov_xy, cov_yy, splats.opacity_logits, depths, coc, eps2d)
+    n_img = conics.shape[0]
+    return Projected(means2d.expand(n_img, -1, -1), conics, opacities, depths.expand(n_img, -1), radii)
+
+
+def defocus_2d(cov_xx: torch.Tensor, cov_xy: torch.Tensor, cov_yy: torch.Tensor, opacity_logits: torch.Tensor,
+               depths: torch.Tensor, coc: torch.Tensor | None,
+               eps2d: float = EPS2D) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2D covariances (N,) pixels², dilated by `eps2d` and blurred by the CoC (B, N) pixels (None:
+    one pinhole image), as B images' conics (B, N, 3), opacities (B, N) and box half-widths
+    (B, N, 2) (`Projected`). Plain PyTorch, any device; `project_numba.defocus_2d` is its twin."""
+    cov_xx, cov_xy, cov_yy = (cov_xx + eps2d)[None], cov_xy[None], (cov_yy + eps2d)[None]  # (1, N) each
+    opacities = torch.sigmoid(opacity_logits)[None]
     det = cov_xx * cov_yy - cov_xy * cov_xy
     if coc is not None:
         var = coc**2 / 16.0
@@ -170,14 +186,11 @@ def project(
         blurred_det = cov_xx * cov_yy - cov_xy * cov_xy
         opacities = opacities * torch.sqrt(det / blurred_det)
         det = blurred_det
-    n_img = det.shape[0]
     conics = torch.stack([cov_yy / det, -cov_xy / det, cov_xx / det], dim=-1)
     opacities = torch.where(depths >= NEAR_PLANE, opacities, torch.zeros_like(opacities))  # as gsplat: z == near kept
     with torch.no_grad():
         # Box half-widths of the ellipse where opacity * exp(-q/2) >= 1/255, axis by axis.
         extend = torch.sqrt(2 * torch.log((opacities / ALPHA_THRESHOLD).clamp_min(1.0)))
         radii = torch.ceil(extend[..., None] * torch.sqrt(torch.stack([cov_xx, cov_yy], -1)))
-    return Projected(
-        means2d.expand(n_img, -1, -1), conics, opacities.expand(n_img, -1), depths.expand(n_img, -1),
-        radii.to(torch.int64),
-    )
+    n_img = conics.shape[0]
+    return conics, opacities.expand(n_img, -1), radii.expand(n_img, -1, -1).to(torch.int64)

@@ -1,8 +1,9 @@
-"""The EWA projection's geometry compiled with numba: the CPU backend's half of `project`.
+"""The projection compiled with numba: the CPU backend's `project` (`project(..., compiled=True)`).
 
-Mirrors `project.ewa_2d` (quaternion and log-scales → 3D covariance → perspective Jacobian with
-gsplat's field-of-view clamp → 2D mean and covariance, docs/design.md §3) one Gaussian per
-iteration, with the backward pass written by hand. In PyTorch the same ~40 elementwise ops on
+`ewa_2d` mirrors `project.ewa_2d` (quaternion and log-scales → 3D covariance → perspective
+Jacobian with gsplat's field-of-view clamp → 2D mean and covariance) and `defocus_2d` mirrors
+`project.defocus_2d` (dilation, the CoC's variance, the energy-preserving opacity, conics and
+boxes; docs/design.md §3), one Gaussian per iteration, with the backward passes written by hand. In PyTorch the same ~40 elementwise ops on
 (N,) tensors, forward and backward, cost more than the compositing kernels at 16k Gaussians
 (docs/benchmarks.md, "The projection's geometry compiled"). Float64 inside the kernels whatever
 the input dtype; outputs in the input dtype.
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from dfd_ray.numba_threads import launch
-from dfd_ray.splat.project import clamp_limits
+from dfd_ray.splat.project import ALPHA_THRESHOLD, EPS2D, NEAR_PLANE, clamp_limits
 from dfd_ray.splat.scene import Camera
 
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps: the quaternion's norm is clamped to it
@@ -167,6 +168,82 @@ def _backward_one(means, quats, log_scales, cam, grad, i, g_means, g_quats, g_lo
             gw / NORM_EPS, gx / NORM_EPS, gy / NORM_EPS, gz / NORM_EPS)
 
 
+@numba.njit(inline="always")
+def _blurred(xx, xy, yy, logit, coc, has_coc, eps2d):
+    """(a, b, c, det, o, det0, ratio, opacity) of one image's splat: the dilated and blurred
+    covariance entries and determinant, the sigmoid of the logit, the unblurred determinant, their
+    ratio det0 / det and the energy-preserving opacity o·sqrt(ratio)."""
+    a, b, c = xx + eps2d, xy, yy + eps2d
+    o = 1.0 / (1.0 + math.exp(-logit))
+    det0 = a * c - b * b
+    if not has_coc:
+        return a, b, c, det0, o, det0, 1.0, o
+    var = coc * coc / 16.0
+    a += var
+    c += var
+    det = a * c - b * b
+    ratio = det0 / det
+    return a, b, c, det, o, det0, ratio, o * math.sqrt(ratio)
+
+
+@numba.njit(parallel=True, cache=True)
+def _defocus_forward(cov, logits, depths, coc, has_coc, eps2d):
+    """(conics (B, N, 3), opacities (B, N), radii (B, N, 2)) from the covariances `cov` (N, 3) and
+    the CoC (B, N) pixels (ignored unless `has_coc`)."""
+    n_img, n = coc.shape
+    conics, opacities, radii = np.empty((n_img, n, 3)), np.empty((n_img, n)), np.empty((n_img, n, 2), np.int64)
+    cut = 1.0 / ALPHA_THRESHOLD
+    for i in numba.prange(n):
+        for b in range(n_img):
+            a, bb, c, det, _, _, _, opacity = _blurred(cov[i, 0], cov[i, 1], cov[i, 2], logits[i], coc[b, i],
+                                                      has_coc, eps2d)
+            if not depths[i] >= NEAR_PLANE:
+                opacity = 0.0
+            conics[b, i, 0], conics[b, i, 1], conics[b, i, 2] = c / det, -bb / det, a / det
+            opacities[b, i] = opacity
+            extend = math.sqrt(2.0 * math.log(max(opacity * cut, 1.0)))
+            radii[b, i, 0] = math.ceil(extend * math.sqrt(a))
+            radii[b, i, 1] = math.ceil(extend * math.sqrt(c))
+    return conics, opacities, radii
+
+
+@numba.njit(parallel=True, cache=True)
+def _defocus_backward(cov, logits, depths, coc, has_coc, eps2d, g_conics, g_opacities):
+    """dL/d(cov (N, 3), logits (N,), coc (B, N)) from dL/d(conics, opacities)."""
+    n_img, n = coc.shape
+    g_cov, g_logits, g_coc = np.zeros((n, 3)), np.zeros(n), np.zeros((n_img, n))
+    for i in numba.prange(n):
+        for b in range(n_img):
+            a, bb, c, det, o, det0, ratio, _ = _blurred(cov[i, 0], cov[i, 1], cov[i, 2], logits[i], coc[b, i],
+                                                       has_coc, eps2d)
+            g0, g1, g2 = g_conics[b, i, 0], g_conics[b, i, 1], g_conics[b, i, 2]
+            g_o = g_opacities[b, i] if depths[i] >= NEAR_PLANE else 0.0
+            # conics = (c, -b, a) / det
+            g_a, g_b, g_c = g2 / det, -g1 / det, g0 / det
+            g_det = -(g0 * c - g1 * bb + g2 * a) / (det * det)
+            g_det0 = 0.0
+            if has_coc:  # opacity = o sqrt(det0 / det)
+                root = math.sqrt(ratio)
+                g_ratio = g_o * o * 0.5 / root if root > 0.0 else 0.0
+                g_det0 = g_ratio / det
+                g_det -= g_ratio * det0 / (det * det)
+                g_o *= root
+            g_a += g_det * c
+            g_c += g_det * a
+            g_b -= 2.0 * bb * g_det
+            if has_coc:  # a = a0 + coc²/16, c = c0 + coc²/16, det0 = a0 c0 - b²
+                a0, c0 = a - coc[b, i] * coc[b, i] / 16.0, c - coc[b, i] * coc[b, i] / 16.0
+                g_coc[b, i] = (g_a + g_c) * coc[b, i] / 8.0
+                g_a += g_det0 * c0
+                g_c += g_det0 * a0
+                g_b -= 2.0 * bb * g_det0
+            g_cov[i, 0] += g_a
+            g_cov[i, 1] += g_b
+            g_cov[i, 2] += g_c
+            g_logits[i] += g_o * o * (1.0 - o)
+    return g_cov, g_logits, g_coc
+
+
 def _as_kernel_input(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().double().numpy())
 
@@ -192,3 +269,32 @@ def ewa_2d(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tensor,
     cam = np.array([camera.fx, camera.fy, camera.cx, camera.cy, *clamp_limits(camera)], np.float64)
     out = _Ewa.apply(means, quats, log_scales, cam)
     return out[:, :2], out[:, 2], out[:, 3], out[:, 4]
+
+
+class _Defocus(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cov, logits, depths, coc, has_coc, eps2d):
+        args = (_as_kernel_input(cov), _as_kernel_input(logits), _as_kernel_input(depths), _as_kernel_input(coc),
+                has_coc, eps2d)
+        ctx.args = args
+        ctx.dtypes = (cov.dtype, logits.dtype, coc.dtype)
+        conics, opacities, radii = launch(_defocus_forward, *args)
+        radii = torch.from_numpy(radii)
+        ctx.mark_non_differentiable(radii)
+        return torch.from_numpy(conics).to(cov.dtype), torch.from_numpy(opacities).to(cov.dtype), radii
+
+    @staticmethod
+    def backward(ctx, g_conics, g_opacities, _):
+        grads = launch(_defocus_backward, *ctx.args, _as_kernel_input(g_conics), _as_kernel_input(g_opacities))
+        g_cov, g_logits, g_coc = (torch.from_numpy(g).to(dtype) for g, dtype in zip(grads, ctx.dtypes))
+        return g_cov, g_logits, None, g_coc if ctx.args[4] else None, None, None
+
+
+def defocus_2d(cov_xx: torch.Tensor, cov_xy: torch.Tensor, cov_yy: torch.Tensor, opacity_logits: torch.Tensor,
+               depths: torch.Tensor, coc: torch.Tensor | None,
+               eps2d: float = EPS2D) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As `project.defocus_2d`, on CPU tensors: conics (B, N, 3), opacities (B, N), radii (B, N, 2)."""
+    cov = torch.stack([cov_xx, cov_xy, cov_yy], -1)
+    has_coc = coc is not None
+    coc = coc if has_coc else cov_xx.new_zeros(1, cov_xx.shape[0])
+    return _Defocus.apply(cov, opacity_logits, depths, coc, has_coc, eps2d)

@@ -4,9 +4,8 @@
     render(splats, coc_map=c)          each Gaussian blurred by the CoC map (pixels) at its centre
     render(splats)                     pinhole (everything sharp)
 
-Backends mirror each other: projection and defocus are shared PyTorch (`project.py`) but for
-the projection's geometry, which the numba backend compiles too (`project_numba`); the
-compositing is `composite_numba` (CPU: tiles compiled with numba, the default there),
+Backends mirror each other: projection and defocus are PyTorch (`project.py`), compiled with
+numba for the numba backend (`project_numba`, its twin step for step); the compositing is `composite_numba` (CPU: tiles compiled with numba, the default there),
 `composite_gsplat` (CUDA: gsplat's tile rasterizer, the default there) or `composite_torch`
 (plain PyTorch on any device: the reference the other two are tested against).
 """
@@ -17,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dfd_ray.splat import composite_numba, composite_torch, project_numba
-from dfd_ray.splat.project import EPS2D, ewa_2d, project
+from dfd_ray.splat import composite_numba, composite_torch
+from dfd_ray.splat.project import EPS2D, project
 from dfd_ray.splat.scene import SceneSplats
 
 BACKENDS = ("auto", "torch", "numba", "gsplat")
@@ -61,7 +60,7 @@ def render(
     cam = splats.camera
     chosen = choose_backend(splats.means.device, backend)
     proj = project(splats, focus_distance=focus_distance, aperture=aperture, coc_map=coc_map, eps2d=eps2d,
-                   geometry=project_numba.ewa_2d if chosen == "numba" else ewa_2d)
+                   compiled=chosen == "numba")
     if chosen == "gsplat":
         from dfd_ray.splat import composite_gsplat
 
