@@ -5,9 +5,10 @@
     render(splats)                     pinhole (everything sharp)
 
 Backends mirror each other: projection and defocus are PyTorch (`project.py`), compiled with
-numba for the numba backend (`project_numba`, its twin step for step); the compositing is `composite_numba` (CPU: tiles compiled with numba, the default there),
-`composite_gsplat` (CUDA: gsplat's tile rasterizer, the default there) or `composite_torch`
-(plain PyTorch on any device: the reference the other two are tested against).
+numba for the numba backend (`project_numba`, its twin step for step); the compositing is
+`composite_numba` (CPU: tiles compiled with numba, the default there), `composite_gsplat`
+(CUDA: gsplat's tile rasterizer, the default there) or `composite_torch` (plain PyTorch on any
+device: the reference the other two are tested against).
 """
 
 from __future__ import annotations
