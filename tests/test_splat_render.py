@@ -7,8 +7,7 @@ import torch
 
 from dfd_ray.splat import Camera, SceneSplats, render
 from dfd_ray.splat.composite_torch import MAX_ALPHA, T_MIN
-from dfd_ray.splat import project_numba
-from dfd_ray.splat.project import ALPHA_THRESHOLD, clamp_limits, defocus_2d, ewa_2d, project, quat_to_rotmat, thin_lens_coc_px
+from dfd_ray.splat.project import ALPHA_THRESHOLD, project, quat_to_rotmat, thin_lens_coc_px
 from tests.splat_helpers import CAM, random_splats
 
 def dense_oracle(splats: SceneSplats, **kwargs):
@@ -176,65 +175,6 @@ def test_projection_matches_the_matrix_form_of_ewa():
         torch.testing.assert_close(torch.linalg.inv(inverse), cov2d, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(p.opacities[0], torch.where(mz >= 0.01, opacity, torch.zeros_like(opacity)),
                                    rtol=1e-10, atol=1e-14)
-
-
-@pytest.mark.parametrize("cropped", [False, True])
-def test_numba_geometry_matches_the_torch_geometry_values_and_gradients(cropped):
-    """`project_numba.ewa_2d` against `project.ewa_2d`: Gaussians inside and far outside the
-    field-of-view clamp (both sides, both axes), behind the camera, with a quaternion below the
-    normalisation's eps; on a cropped camera the clamp comes from the whole sensor."""
-    cam = CAM.crop(3, 2, 16, 12) if cropped else CAM
-    splats = random_splats(60, 5, cam)
-    means = splats.means.detach().clone()
-    means[:8, 0] *= torch.tensor([40.0, -40.0] * 4, dtype=means.dtype)
-    means[8:16, 1] *= torch.tensor([40.0, -40.0] * 4, dtype=means.dtype)
-    means[16:18, 2] = -0.3
-    quats = splats.quats.detach().clone()
-    quats[18] *= 1e-14
-    g = torch.Generator().manual_seed(9)
-    weights = [torch.randn(60, 2, generator=g, dtype=torch.float64),
-               *(torch.randn(60, generator=g, dtype=torch.float64) for _ in range(3))]
-    results = []
-    for geometry in (ewa_2d, project_numba.ewa_2d):
-        inputs = [t.clone().requires_grad_() for t in (means, quats, splats.log_scales.detach())]
-        outputs = geometry(*inputs, cam)
-        grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs, weights)), inputs)
-        results.append((outputs, grads))
-    (want, want_grads), (got, got_grads) = results
-    for name, a, b in zip(["means2d", "cov_xx", "cov_xy", "cov_yy", "d means", "d quats", "d log_scales"],
-                          [*got, *got_grads], [*want, *want_grads]):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
-    assert ((means[:16, :2] / means[:16, 2:]).abs().amax(1) > max(clamp_limits(cam))).all()  # the clamp engaged
-    inputs32 = [t.float() for t in (means, quats, splats.log_scales.detach())]
-    assert all(o.dtype == torch.float32 for o in project_numba.ewa_2d(*inputs32, cam))
-
-
-@pytest.mark.parametrize("blurred", [False, True])
-def test_numba_defocus_matches_the_torch_defocus_values_and_gradients(blurred):
-    """`project_numba.defocus_2d` against `project.defocus_2d`: conics, opacities and boxes of a
-    pinhole image or of three images blurred by per-image CoCs, Gaussians behind the near plane."""
-    g = torch.Generator().manual_seed(4)
-    n = 80
-    cov = [4 * torch.rand(n, generator=g, dtype=torch.float64) + 0.05, 0.3 * torch.randn(n, generator=g, dtype=torch.float64),
-           4 * torch.rand(n, generator=g, dtype=torch.float64) + 0.05]
-    logits = 3 * torch.randn(n, generator=g, dtype=torch.float64)
-    depths = torch.rand(n, generator=g, dtype=torch.float64) - 0.1
-    coc = 6 * torch.rand(3, n, generator=g, dtype=torch.float64) if blurred else None
-    results = []
-    for defocus in (defocus_2d, project_numba.defocus_2d):
-        inputs = [t.clone().requires_grad_() for t in [*cov, logits, *([coc] if blurred else [])]]
-        conics, opacities, radii = defocus(*inputs[:4], depths, inputs[4] if blurred else None)
-        loss = (conics * torch.linspace(-1, 1, conics.numel(), dtype=torch.float64).reshape(conics.shape)).sum()
-        loss = loss + (opacities * torch.linspace(2, -1, opacities.numel(), dtype=torch.float64).reshape(opacities.shape)).sum()
-        results.append((conics, opacities, radii, torch.autograd.grad(loss, inputs)))
-    (c1, o1, r1, g1), (c2, o2, r2, g2) = results
-    assert c2.shape == (3 if blurred else 1, n, 3) and r2.dtype == torch.int64
-    torch.testing.assert_close(c2, c1, rtol=1e-12, atol=0)
-    torch.testing.assert_close(o2, o1, rtol=1e-12, atol=1e-15)
-    assert torch.equal(r2, r1)
-    assert (o2[:, depths < 0.01] == 0).all() and (o2[:, depths >= 0.01] > 0).all()
-    for name, a, b in zip(["cov_xx", "cov_xy", "cov_yy", "logits", "coc"], g2, g1):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14, msg=name)
 
 
 def test_gradcheck_focus_distance_and_coc_map():

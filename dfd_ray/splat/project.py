@@ -55,25 +55,20 @@ def covariance_3d(quats: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor
     return torch.stack([s00, s01, s02, s01, s11, s12, s02, s12, s22], -1).reshape(*quats.shape[:-1], 3, 3)
 
 
-def clamp_limits(camera: Camera) -> tuple[float, float, float, float]:
-    """gsplat's field-of-view clamp of x/z and y/z in the perspective Jacobian: (x below, x above,
-    y below, y above), each bound positive. Taken from the whole sensor (gsplat uses the rendered
-    image's; for an uncropped camera they are the same), so that a window renders exactly as its
-    part of the full image."""
-    fx, fy = camera.fx, camera.fy
-    sensor_cx, sensor_cy = camera.cx + camera.origin_x, camera.cy + camera.origin_y
-    tan_fovx, tan_fovy = 0.5 * camera.sensor_width / fx, 0.5 * camera.sensor_height / fy
-    return (sensor_cx / fx + 0.3 * tan_fovx, (camera.sensor_width - sensor_cx) / fx + 0.3 * tan_fovx,
-            sensor_cy / fy + 0.3 * tan_fovy, (camera.sensor_height - sensor_cy) / fy + 0.3 * tan_fovy)
-
-
 def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor,
                    camera: Camera) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """EWA projection: means2d (N, 2) pixels and the 2D covariance's entries xx, xy, yy (N,)
     pixels², without dilation."""
     x, y, z = means.unbind(-1)
     fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
-    lim_x_neg, lim_x_pos, lim_y_neg, lim_y_pos = clamp_limits(camera)
+    # Clamp limits from the whole sensor (gsplat uses the rendered image's; for an uncropped
+    # camera they are the same), so that a window renders exactly as its part of the full image.
+    sensor_cx, sensor_cy = cx + camera.origin_x, cy + camera.origin_y
+    tan_fovx, tan_fovy = 0.5 * camera.sensor_width / fx, 0.5 * camera.sensor_height / fy
+    lim_x_pos = (camera.sensor_width - sensor_cx) / fx + 0.3 * tan_fovx
+    lim_x_neg = sensor_cx / fx + 0.3 * tan_fovx
+    lim_y_pos = (camera.sensor_height - sensor_cy) / fy + 0.3 * tan_fovy
+    lim_y_neg = sensor_cy / fy + 0.3 * tan_fovy
     tx = z * torch.clamp(x / z, -lim_x_neg, lim_x_pos)
     ty = z * torch.clamp(y / z, -lim_y_neg, lim_y_pos)
     # J Σ J^T with the Jacobian J = [[j00, 0, j02], [0, j11, j12]], entry by entry.
@@ -86,14 +81,6 @@ def perspective_2d(means: torch.Tensor, cov3d: torch.Tensor,
     cov_yy = j11 * j11 * s11 + 2 * j11 * j12 * s12 + j12 * j12 * s22
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
     return means2d, cov_xx, cov_xy, cov_yy
-
-
-def ewa_2d(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tensor,
-           camera: Camera) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The projection's geometry in plain PyTorch (any device; the reference `project_numba.ewa_2d`
-    is tested against): means2d (N, 2) pixels and the 2D covariance's xx, xy, yy (N,) pixels²,
-    without dilation."""
-    return perspective_2d(means, covariance_3d(quats, log_scales), camera)
 
 
 def thin_lens_coc_px(
@@ -131,7 +118,6 @@ def project(
     aperture: torch.Tensor | float | None = None,
     coc_map: torch.Tensor | None = None,
     eps2d: float = EPS2D,
-    compiled: bool = False,
 ) -> Projected:
     """Project the splats once per image, blurring each Gaussian by its CoC (docs/design.md §3).
 
@@ -140,17 +126,13 @@ def project(
     (B, H, W), pixels) sampled at each projected centre. Neither: one pinhole image. A uniform
     disc of diameter c has per-axis variance c²/16, added to the 2D covariance; the opacity is
     scaled by sqrt(det Σ / det(Σ + σ² I)) so that the splat's energy stays the same as it spreads.
-    `compiled`: the numba twins of the geometry and defocus steps (CPU tensors; `project_numba`).
     """
     camera = splats.camera
-    if compiled:
-        from dfd_ray.splat import project_numba  # it imports this module
-
-        geometry, defocus = project_numba.ewa_2d, project_numba.defocus_2d
-    else:
-        geometry, defocus = ewa_2d, defocus_2d
-    means2d, cov_xx, cov_xy, cov_yy = geometry(splats.means, splats.quats, splats.log_scales, camera)
+    cov3d = covariance_3d(splats.quats, splats.log_scales)
+    means2d, cov_xx, cov_xy, cov_yy = perspective_2d(splats.means, cov3d, camera)
     depths = splats.means[:, 2]
+    cov_xx, cov_xy, cov_yy = (cov_xx + eps2d)[None], cov_xy[None], (cov_yy + eps2d)[None]  # (1, N) each
+    opacities = torch.sigmoid(splats.opacity_logits)[None]
     if coc_map is not None:
         if focus_distance is not None:
             raise ValueError("give either focus_distance or coc_map, not both")
@@ -166,19 +148,6 @@ def project(
         coc = thin_lens_coc_px(depths[None], s, a, camera)
     else:
         coc = None
-    conics, opacities, radii = defocus(cov_xx, cov_xy, cov_yy, splats.opacity_logits, depths, coc, eps2d)
-    n_img = conics.shape[0]
-    return Projected(means2d.expand(n_img, -1, -1), conics, opacities, depths.expand(n_img, -1), radii)
-
-
-def defocus_2d(cov_xx: torch.Tensor, cov_xy: torch.Tensor, cov_yy: torch.Tensor, opacity_logits: torch.Tensor,
-               depths: torch.Tensor, coc: torch.Tensor | None,
-               eps2d: float = EPS2D) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The 2D covariances (N,) pixels², dilated by `eps2d` and blurred by the CoC (B, N) pixels (None:
-    one pinhole image), as B images' conics (B, N, 3), opacities (B, N) and box half-widths
-    (B, N, 2) (`Projected`). Plain PyTorch, any device; `project_numba.defocus_2d` is its twin."""
-    cov_xx, cov_xy, cov_yy = (cov_xx + eps2d)[None], cov_xy[None], (cov_yy + eps2d)[None]  # (1, N) each
-    opacities = torch.sigmoid(opacity_logits)[None]
     det = cov_xx * cov_yy - cov_xy * cov_xy
     if coc is not None:
         var = coc**2 / 16.0
@@ -186,11 +155,14 @@ def defocus_2d(cov_xx: torch.Tensor, cov_xy: torch.Tensor, cov_yy: torch.Tensor,
         blurred_det = cov_xx * cov_yy - cov_xy * cov_xy
         opacities = opacities * torch.sqrt(det / blurred_det)
         det = blurred_det
+    n_img = det.shape[0]
     conics = torch.stack([cov_yy / det, -cov_xy / det, cov_xx / det], dim=-1)
     opacities = torch.where(depths >= NEAR_PLANE, opacities, torch.zeros_like(opacities))  # as gsplat: z == near kept
     with torch.no_grad():
         # Box half-widths of the ellipse where opacity * exp(-q/2) >= 1/255, axis by axis.
         extend = torch.sqrt(2 * torch.log((opacities / ALPHA_THRESHOLD).clamp_min(1.0)))
         radii = torch.ceil(extend[..., None] * torch.sqrt(torch.stack([cov_xx, cov_yy], -1)))
-    n_img = conics.shape[0]
-    return conics, opacities.expand(n_img, -1), radii.expand(n_img, -1, -1).to(torch.int64)
+    return Projected(
+        means2d.expand(n_img, -1, -1), conics, opacities.expand(n_img, -1), depths.expand(n_img, -1),
+        radii.to(torch.int64),
+    )

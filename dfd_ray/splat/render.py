@@ -4,11 +4,10 @@
     render(splats, coc_map=c)          each Gaussian blurred by the CoC map (pixels) at its centre
     render(splats)                     pinhole (everything sharp)
 
-Backends mirror each other: projection and defocus are PyTorch (`project.py`), compiled with
-numba for the numba backend (`project_numba`, its twin step for step); the compositing is
-`composite_numba` (CPU: tiles compiled with numba, the default there), `composite_gsplat`
-(CUDA: gsplat's tile rasterizer, the default there) or `composite_torch` (plain PyTorch on any
-device: the reference the other two are tested against).
+Backends mirror each other: projection and defocus are shared PyTorch (`project.py`); the
+compositing is `composite_numba` (CPU: tiles compiled with numba, the default there),
+`composite_gsplat` (CUDA: gsplat's tile rasterizer, the default there) or `composite_torch`
+(plain PyTorch on any device: the reference the other two are tested against).
 """
 
 from __future__ import annotations
@@ -59,9 +58,8 @@ def render(
     A 1-D `focus_distance` or a (B, H, W) `coc_map` renders B images in one pass.
     """
     cam = splats.camera
+    proj = project(splats, focus_distance=focus_distance, aperture=aperture, coc_map=coc_map, eps2d=eps2d)
     chosen = choose_backend(splats.means.device, backend)
-    proj = project(splats, focus_distance=focus_distance, aperture=aperture, coc_map=coc_map, eps2d=eps2d,
-                   compiled=chosen == "numba")
     if chosen == "gsplat":
         from dfd_ray.splat import composite_gsplat
 
