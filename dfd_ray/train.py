@@ -40,7 +40,7 @@ class TrainConfig:
     batch_size: int = 4  # stacks per worker per step
     crop: int = 48  # pixels, native resolution
     crops_per_pass: int = 1  # random crops per stack per pass over the data (a pass restarts Ray Data: seconds)
-    lr: float = 1e-3  # Adam's learning rate, until the first step of lr_decay_at
+    lr: float = 1e-3  # Adam's learning rate at the start (the step schedule keeps it until the first step of lr_decay_at)
     lr_decay_at: list[int] = field(default_factory=lambda: [7200])  # steps after which the rate is multiplied by lr_decay
     lr_decay: float = 0.1  # factor per step of lr_decay_at; a resumed run follows the schedule of its config
     lr_schedule: str = "step"  # "step" (lr_decay_at, lr_decay) or "cosine" (lr annealed to 0 over `steps`)
