@@ -1,13 +1,16 @@
-"""Benchmark: lens fusion's depth against the fusion correlation ρ, on held-out stacks with GT depth.
+"""Benchmark: the decode's two calibration constants on held-out stacks with GT depth: the CoC
+error scale's `model.scale_calibration` τ and lens fusion's `model.fusion_correlation` ρ.
 
-    python jobs/bench_fusion.py --data V [--model URI] [--split test] [--stacks N] [--rho 0 0.25 0.5 ...]
+    python jobs/bench_fusion.py --data V [--model URI] [--split test] [--stacks N] [--scale 1 1.5 ...] [--rho 0 0.5 ...]
 
-Every slice of every stack predicted on its own; the slices' log-likelihoods summed and divided
-by 1 + (S - 1) ρ (`DepthNet.fused_log_likelihood`), decoded, and scored per ρ:
-- AbsRel against GT, over all GT and with the FoD500 mask (GT <= 1.5 m): what picks the recipe's
-  `model.fusion_correlation` (on validation stacks, never on the stacks a benchmark scores);
-- a label-free stand-in beside it: the confidence-weighted mean |d - d_t| / d_t against each
-  stack's classical teacher (`teachers.teacher_maps`), to show whether ρ could be chosen without
+Every slice of every stack predicted on its own with the error scale b widened by τ (what eval and
+inference do, `DFDModel.forward`), and decoded: the single-slice AbsRel per τ. Then per ρ the
+slices' log-likelihoods summed and divided by 1 + (S - 1) ρ (`DepthNet.fused_log_likelihood`),
+decoded and scored. Both constants are picked on validation stacks, never on the stacks a benchmark
+scores: τ by the single-slice AbsRel, ρ by the fused AbsRel at that τ. Beside them:
+- AbsRel with the FoD500 mask (GT <= 1.5 m);
+- a label-free stand-in for the fused depth: the confidence-weighted mean |d - d_t| / d_t against
+  each stack's classical teacher (`teachers.teacher_maps`), to show whether ρ could be chosen without
   GT (where the two columns' minima fall apart, it cannot).
 Without `--model`: the shipped model.
 """
@@ -15,6 +18,7 @@ Without `--model`: the shipped model.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -34,20 +38,31 @@ def teacher_disagreement(depth: np.ndarray, teacher_depth: np.ndarray, teacher_c
     return float((np.abs(depth - teacher_depth) / np.maximum(teacher_depth, 1e-3) * teacher_conf).sum() / total)
 
 
-def fusion_scores(model, stacks, rhos: list[float]) -> dict[float, dict[str, float]]:
-    """Per ρ: mean AbsRel of the fused depth (all GT, GT <= 1.5 m) and its teacher disagreement, over stacks."""
+def calibration_scores(model, stacks, scales: list[float], rhos: list[float]) -> dict[float, dict]:
+    """Per τ in `scales`: the mean single-slice AbsRel (all GT, GT <= 1.5 m) over every slice of
+    `stacks`, and per ρ in `rhos` the fused depth's (all GT, GT <= 1.5 m, teacher disagreement)."""
     depthnet = model.depthnet
-    rows: dict[float, list[tuple[float, float, float]]] = {r: [] for r in rhos}
-    for stack in stacks:
-        log_likelihood = torch.from_numpy(predict_slices(model, stack)["log_likelihood"])
-        teacher_depth, teacher_conf, _ = teacher_maps(stack)
-        for r in rhos:
+    teachers = [teacher_maps(stack)[:2] for stack in stacks]
+    scores: dict[float, dict] = {}
+    for tau in scales:
+        model.cfg = replace(model.cfg, scale_calibration=tau)
+        single, fused = [], {r: [] for r in rhos}
+        for stack, (teacher_depth, teacher_conf) in zip(stacks, teachers):
             with torch.no_grad():
-                fused = depthnet.decode(depthnet.fused_log_likelihood(log_likelihood, r)).numpy()
-            rows[r].append((depth_metrics(fused, stack.depth)["abs_rel"],
-                            depth_metrics(fused, stack.depth, FOD500_MAX_DEPTH_M)["abs_rel"],
-                            teacher_disagreement(fused, teacher_depth, teacher_conf)))
-    return {r: dict(zip(("abs_rel", "abs_rel_masked", "teacher"), np.nanmean(np.array(v), axis=0))) for r, v in rows.items()}
+                out = predict_slices(model, stack)
+            single += [(depth_metrics(d, stack.depth)["abs_rel"],
+                        depth_metrics(d, stack.depth, FOD500_MAX_DEPTH_M)["abs_rel"]) for d in out["depth"]]
+            log_likelihood = torch.from_numpy(out["log_likelihood"])
+            for r in rhos:
+                with torch.no_grad():
+                    depth = depthnet.decode(depthnet.fused_log_likelihood(log_likelihood, r)).numpy()
+                fused[r].append((depth_metrics(depth, stack.depth)["abs_rel"],
+                                 depth_metrics(depth, stack.depth, FOD500_MAX_DEPTH_M)["abs_rel"],
+                                 teacher_disagreement(depth, teacher_depth, teacher_conf)))
+        scores[tau] = {**dict(zip(("abs_rel", "abs_rel_masked"), np.nanmean(np.array(single), axis=0))),
+                       "fused": {r: dict(zip(("abs_rel", "abs_rel_masked", "teacher"), np.nanmean(np.array(v), axis=0)))
+                                 for r, v in fused.items()}}
+    return scores
 
 
 def main() -> None:
@@ -56,24 +71,34 @@ def main() -> None:
     parser.add_argument("--model", default="", help="model URI (default: the shipped model)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--stacks", type=int, default=0, help="0 = all")
+    parser.add_argument("--scale", type=float, nargs="+", default=[1.0, 1.25, 1.5, 1.75, 2.0])
     parser.add_argument("--rho", type=float, nargs="+", default=[0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0])
     args = parser.parse_args()
     if not all(0.0 <= r <= 1.0 for r in args.rho):
         parser.error(f"--rho: values must lie in [0, 1], got {args.rho}")
+    if not all(t > 0 for t in args.scale):
+        parser.error(f"--scale: values must be > 0, got {args.scale}")
     model = load_model(args.model)[0]
+    own = (model.cfg.scale_calibration, model.cfg.fusion_correlation)
     prefix = focalstack.split_prefix(args.data, args.split)
     stacks = [s for i, s in enumerate(focalstack.read_stacks(prefix))
               if (not args.stacks or i < args.stacks) and s.depth is not None and len(s.focus_distances) > 1]
     if not stacks:
         raise SystemExit(f"--data: no stack of two or more slices with GT depth under {prefix}")
-    scores = fusion_scores(model, stacks, args.rho)
-    print(f"{len(stacks)} stacks of {prefix}; model {args.model or 'shipped'} (its own rho: {model.cfg.fusion_correlation:g})")
+    scores = calibration_scores(model, stacks, args.scale, args.rho)
+    print(f"{len(stacks)} stacks of {prefix}; model {args.model or 'shipped'} (its own scale {own[0]:g}, rho {own[1]:g})")
+    print(f"{'scale':>6} {'single':>8} {'<=1.5 m':>8}   fused AbsRel at rho = " + " ".join(f"{r:6.3f}" for r in args.rho))
+    for tau, m in scores.items():
+        print(f"{tau:6.3f} {m['abs_rel']:8.4f} {m['abs_rel_masked']:8.4f}   {'':20}" + " ".join(f"{m['fused'][r]['abs_rel']:6.4f}" for r in args.rho))
+    tau = min(scores, key=lambda t: scores[t]["abs_rel"])
+    fused = scores[tau]["fused"]
+    print(f"lowest single-slice AbsRel at scale = {tau:g} ({scores[tau]['abs_rel']:.5f}); fused at that scale:")
     print(f"{'rho':>6} {'AbsRel':>8} {'<=1.5 m':>8} {'vs teacher':>11}")
-    for r, m in scores.items():
+    for r, m in fused.items():
         print(f"{r:6.3f} {m['abs_rel']:8.4f} {m['abs_rel_masked']:8.4f} {m['teacher']:11.4f}")
-    best = min(scores, key=lambda r: scores[r]["abs_rel"])
-    label_free = min(scores, key=lambda r: scores[r]["teacher"])
-    print(f"lowest AbsRel at rho = {best:g} ({scores[best]['abs_rel']:.5f}); lowest teacher disagreement at rho = {label_free:g}")
+    best = min(fused, key=lambda r: fused[r]["abs_rel"])
+    label_free = min(fused, key=lambda r: fused[r]["teacher"])
+    print(f"lowest fused AbsRel at rho = {best:g} ({fused[best]['abs_rel']:.5f}); lowest teacher disagreement at rho = {label_free:g}")
 
 
 if __name__ == "__main__":

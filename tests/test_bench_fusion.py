@@ -1,4 +1,4 @@
-"""The fusion-correlation benchmark: its scores are lens fusion's at each rho, by hand."""
+"""The decode-calibration benchmark: its scores are the evaluation's at each scale and rho, by hand."""
 
 import numpy as np
 import pytest
@@ -24,17 +24,25 @@ def test_teacher_disagreement_weighs_relative_errors_by_confidence(job):
     assert np.isnan(job.teacher_disagreement(depth, teacher, np.zeros((1, 2))))
 
 
-def test_each_rho_scores_the_fusion_the_model_would_make_with_it(job, tmp_path):
+def test_each_scale_and_rho_score_the_evaluation_a_model_with_them_would_make(job, tmp_path):
     synth.run(load_config(synth.SynthConfig, [f"out={tmp_path}", "n_scenes=0", "n_test=2", "height=32",
                                               "width=32", "seed=6"]))
     stacks = list(focalstack.read_stacks(focalstack.split_prefix(str(tmp_path), "test")))
+    small = dict(widths=(4, 8), side_widths=(4,), depth_bins=16)
     torch.manual_seed(0)
-    scores = job.fusion_scores(DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=16)).eval(), stacks, [0.0, 1.0])
-    for rho in (0.0, 1.0):
-        torch.manual_seed(0)
-        model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=16, fusion_correlation=rho)).eval()
-        fused = [predict_slices(model, s)["fused"] for s in stacks]  # the evaluation's own fused mode
-        assert scores[rho]["abs_rel"] == pytest.approx(np.mean([depth_metrics(f, s.depth)["abs_rel"] for f, s in zip(fused, stacks)]))
-        expected = np.mean([job.teacher_disagreement(f, *teachers.teacher_maps(s)[:2]) for f, s in zip(fused, stacks)])
-        assert scores[rho]["teacher"] == pytest.approx(expected)
-    assert scores[0.0]["abs_rel"] != scores[1.0]["abs_rel"]
+    scores = job.calibration_scores(DFDModel(ModelConfig(**small)).eval(), stacks, [1.0, 3.0], [0.0, 1.0])
+    for tau in (1.0, 3.0):
+        for rho in (0.0, 1.0):
+            torch.manual_seed(0)
+            model = DFDModel(ModelConfig(**small, scale_calibration=tau, fusion_correlation=rho)).eval()
+            with torch.no_grad():
+                out = [predict_slices(model, s) for s in stacks]  # the evaluation's own modes
+            single = [depth_metrics(d, s.depth)["abs_rel"] for o, s in zip(out, stacks) for d in o["depth"]]
+            assert scores[tau]["abs_rel"] == pytest.approx(np.mean(single))
+            fused = scores[tau]["fused"][rho]
+            assert fused["abs_rel"] == pytest.approx(np.mean([depth_metrics(o["fused"], s.depth)["abs_rel"]
+                                                              for o, s in zip(out, stacks)]))
+            expected = np.mean([job.teacher_disagreement(o["fused"], *teachers.teacher_maps(s)[:2]) for o, s in zip(out, stacks)])
+            assert fused["teacher"] == pytest.approx(expected)
+    assert scores[1.0]["abs_rel"] != scores[3.0]["abs_rel"]
+    assert scores[1.0]["fused"][0.0]["abs_rel"] != scores[1.0]["fused"][1.0]["abs_rel"]

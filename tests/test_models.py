@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dfd_ray import optics, storage
+from dfd_ray.config import ConfigError
 from dfd_ray.models import DFDModel, ModelConfig, load_model, save_model
 from dfd_ray.optics import coc_gain_px
 from dfd_ray.filters import gaussian_blur
@@ -30,6 +31,33 @@ def test_outputs_have_their_shapes_and_stay_in_range():
     out = {k: v.detach() for k, v in out.items()}
     assert float(out["coc"].min()) >= 0 and float(out["coc_scale"].min()) >= cfg.min_scale_px
     assert float(out["depth"].min()) >= cfg.min_depth - 1e-6 and float(out["depth"].max()) <= cfg.max_depth + 1e-6
+
+
+def test_eval_widens_the_error_scale_by_the_calibration_and_decodes_with_it():
+    torch.manual_seed(0)
+    image, (focus, lens) = torch.rand(2, 3, 24, 24), _lens(2, [0.15, 0.7])
+    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=32, scale_calibration=1.0)).eval()
+    with torch.no_grad():
+        plain = model(image, focus, lens)
+        model.cfg.scale_calibration = 2.5
+        wide = model(image, focus, lens)
+        gain = lens.gain_px(focus)
+        depth, _ = model.depthnet.decode_photo(plain["coc"], 2.5 * plain["coc_scale"], plain["side_logit"], focus, gain)
+    assert torch.equal(wide["coc"], plain["coc"]) and torch.equal(wide["side_logit"], plain["side_logit"])
+    assert torch.allclose(wide["coc_scale"], 2.5 * plain["coc_scale"])
+    assert torch.allclose(wide["depth"], depth) and not torch.allclose(wide["depth"], plain["depth"])
+    # Training sees the scale the nets learn, whatever the calibration.
+    torch.manual_seed(0)
+    train_a = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=32, scale_calibration=1.0)).train()
+    torch.manual_seed(0)
+    train_b = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=32, scale_calibration=2.5)).train()
+    assert torch.equal(train_a(image, focus, lens)["coc_scale"], train_b(image, focus, lens)["coc_scale"])
+
+
+@pytest.mark.parametrize("key, value", [("scale_calibration", 0.0), ("fusion_correlation", 1.5)])
+def test_model_config_rejects_bad_calibration_constants(key, value):
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        ModelConfig(**{key: value})
 
 
 def test_coc_gain_is_the_thin_lens_gain():
@@ -224,7 +252,7 @@ def test_the_nets_see_only_the_gains_they_were_trained_on_and_the_lens_decodes_w
         seen = torch.full((2,), float(f1.gain_px(1.5)))  # every f/2 gain lies below the range
         coc, scale = model.sdnet(image, focus, seen)
         side = model.depthnet.side_logit(coc, scale, image, focus, seen)
-        expected = (model.depthnet.coc_log_likelihood(coc, scale, focus, f2.gain_px(focus))
+        expected = (model.depthnet.coc_log_likelihood(coc, model.cfg.scale_calibration * scale, focus, f2.gain_px(focus))
                     + model.depthnet.side_log_likelihood(side, focus))
     assert torch.allclose(out["coc"], coc) and torch.allclose(out["side_logit"], side)
     assert not torch.allclose(unbounded["coc"], coc)  # the gain plane moves what the nets read

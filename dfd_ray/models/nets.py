@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfd_ray import optics
+from dfd_ray.config import require
 from dfd_ray.filters import gaussian_blur, local_variance
 from dfd_ray.models import posterior_numba
 
@@ -58,7 +59,12 @@ class ModelConfig:
     band_sigmas_px: tuple[float, ...] = (0.7, 1.4, 2.8)  # difference-of-Gaussian bands (pixels)
     contrast_sigma_px: float = 4.0  # window of the local contrast the bands are divided by (pixels)
     prior_sigma_log: float = 0.1  # width of a splat-depth factor, in log depth
-    fusion_correlation: float = 0.5  # of one scene's photos' CoC errors, in [0, 1]: tempers lens fusion (jobs/bench_fusion.py)
+    fusion_correlation: float = 0.125  # of one scene's photos' CoC errors, in [0, 1]: tempers lens fusion (jobs/bench_fusion.py)
+    scale_calibration: float = 1.75  # > 0: eval and inference widen the CoC error scale b by it (docs/design.md §8; jobs/bench_fusion.py)
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.fusion_correlation <= 1.0, "model.fusion_correlation", f"must be in [0, 1], got {self.fusion_correlation}")
+        require(self.scale_calibration > 0, "model.scale_calibration", f"must be > 0, got {self.scale_calibration}")
 
 
 def lens_planes(focus_distance: torch.Tensor, gain: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -326,14 +332,16 @@ class DFDModel(nn.Module):
                 prior_depth: torch.Tensor | None = None, prior_conf: torch.Tensor | None = None,
                 likelihood: bool = True) -> dict[str, torch.Tensor]:
         """images (N, 3, H, W) sRGB in [0, 1], focus distances (N,) [m] and the lens (fields of
-        shape (N,) or floats) → maps (N, H, W): coc [px], coc_scale [px], side_logit, near_logit
-        (the posterior's side, for the side loss; it reaches the side net only), depth [m], and
-        with `likelihood` log_likelihood (N, K, H, W) (for lens fusion and the posterior NLL; the
-        depth itself never forms it on CPU)."""
+        shape (N,) or floats) → maps (N, H, W): coc [px], coc_scale [px] (× `scale_calibration` in
+        eval mode), side_logit, near_logit (the posterior's side, for the side loss; it reaches the
+        side net only), depth [m], and with `likelihood` log_likelihood (N, K, H, W) (for lens
+        fusion and the posterior NLL; the depth itself never forms it on CPU)."""
         gain = lens.gain_px(focus_distance)
         seen = gain.clamp(self.gain_range[0], self.gain_range[1])  # the nets' inputs; the decode uses `gain`
         coc, scale = self.sdnet(image, focus_distance, seen)
         side = self.depthnet.side_logit(coc, scale, image, focus_distance, seen)
+        if not self.training:  # the side net reads the scale it was trained with; the decode, the calibrated one
+            scale = scale * self.cfg.scale_calibration
         coc_lik = self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain) if likelihood else None
         depth, near = self.depthnet.decode_photo(coc, scale, side, focus_distance, gain, prior_depth, prior_conf,
                                                  coc_log_likelihood=coc_lik)
