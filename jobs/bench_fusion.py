@@ -40,7 +40,8 @@ def teacher_disagreement(depth: np.ndarray, teacher_depth: np.ndarray, teacher_c
 
 def calibration_scores(model, stacks, scales: list[float], rhos: list[float]) -> dict[float, dict]:
     """Per τ in `scales`: the mean single-slice AbsRel (all GT, GT <= 1.5 m) over every slice of
-    `stacks`, and per ρ in `rhos` the fused depth's (all GT, GT <= 1.5 m, teacher disagreement)."""
+    `stacks`, and per ρ in `rhos` the fused depth's (all GT, GT <= 1.5 m, teacher disagreement).
+    Leaves `model.cfg.scale_calibration` at the last τ."""
     depthnet = model.depthnet
     teachers = [teacher_maps(stack)[:2] for stack in stacks]
     scores: dict[float, dict] = {}
@@ -89,7 +90,7 @@ def main() -> None:
     print(f"{len(stacks)} stacks of {prefix}; model {args.model or 'shipped'} (its own scale {own[0]:g}, rho {own[1]:g})")
     print(f"{'scale':>6} {'single':>8} {'<=1.5 m':>8}   fused AbsRel at rho = " + " ".join(f"{r:6.3f}" for r in args.rho))
     for tau, m in scores.items():
-        print(f"{tau:6.3f} {m['abs_rel']:8.4f} {m['abs_rel_masked']:8.4f}   {'':20}" + " ".join(f"{m['fused'][r]['abs_rel']:6.4f}" for r in args.rho))
+        print(f"{tau:6.3f} {m['abs_rel']:8.4f} {m['abs_rel_masked']:8.4f}   {'':22}" + " ".join(f"{m['fused'][r]['abs_rel']:6.4f}" for r in args.rho))
     tau = min(scores, key=lambda t: scores[t]["abs_rel"])
     fused = scores[tau]["fused"]
     print(f"lowest single-slice AbsRel at scale = {tau:g} ({scores[tau]['abs_rel']:.5f}); fused at that scale:")
