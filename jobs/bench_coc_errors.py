@@ -14,9 +14,10 @@ GT CoC through the thin lens, pixels), binned two ways and printed as tables:
 A last line gives the error where blur is both defined and visible (AIF contrast >= 0.01, at
 least 8 px from a depth edge).
 The AIF is read for this diagnosis only; nothing trains on it. Without `--model`: the shipped model.
-A model's CoC error scale b (as eval and inference use it: widened by its `scale_calibration`) is scored too: mean |error| / b and the share of |error| > 3b (1 and
-e^-3 = 0.050 for a calibrated Laplace; below 1 under-, above 1 over-confident, which lens fusion,
-multiplying the slices' likelihoods, punishes).
+A model's CoC error scale b (as eval and inference use it: widened by its `scale_calibration`) is
+scored too: mean |error| / b and the share of |error| > 3b (1 and e^-3 = 0.050 for a calibrated
+Laplace; below 1 under-, above 1 over-confident, which lens fusion, multiplying the slices'
+likelihoods, punishes).
 `--teacher` scores the training teacher instead of a model (`teachers.teacher_maps`, what `dfd-ray
 train` learns from: the splat fit's depth for scenes in `--splats`, else the classical stack
 depth), with a second MAE column weighted by the teacher's confidence and the mean confidence, and a
