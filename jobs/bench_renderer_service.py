@@ -1,12 +1,15 @@
 """Benchmark: renderer-service round trips against the same work in-process.
 
-    python jobs/bench_renderer_service.py [--requests 24] [--actors 2] [--sizes 64 128]
+    python jobs/bench_renderer_service.py [--requests 24] [--actors 2] [--sizes 64 128] [--batch 1]
 
 Scenes hold one Gaussian per pixel (the density of a fitted scene). In-process: one
-RendererCore in this process, with one actor's CPU share, answers every request in turn. Pool: 2
-caller threads send the same requests concurrently to a RendererPool (scenes spread over the
-actors) on a local Ray with as many CPUs as the machine has. Overhead = pool round-trip latency
-/ in-process latency of the same request; throughput compares both ways of serving the batch.
+RendererCore in this process, with one actor's CPU share, answers every call in turn. Pool: 2
+caller threads send the same calls concurrently to a RendererPool (scenes spread over the
+actors) on a local Ray with as many CPUs as the machine has. A call carries `--batch` requests
+(`render_loss_and_grad_batch`: one round trip per actor, as a training step's `step_batch`
+makes; 1 = one request per call). Overhead = pool latency per call / in-process latency of the
+same call; ms/request is a call's latency over its requests; throughput compares both ways of
+serving all the requests.
 """
 
 from __future__ import annotations
@@ -58,10 +61,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="per caller")
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--batch", type=int, default=1, help="requests per call (a training step sends ~10 per actor)")
     args = parser.parse_args()
+    if args.batch < 1 or args.requests % args.batch:
+        parser.error(f"--batch must be >= 1 and divide --requests ({args.requests}), got {args.batch}")
     cpus = os.cpu_count() or 2
     ensure_ray(cpus)
-    print(f"cpus {cpus}, actors {args.actors} x {cpus / args.actors:g} CPU, 2 callers x {args.requests} requests")
+    print(f"cpus {cpus}, actors {args.actors} x {cpus / args.actors:g} CPU, 2 callers x {args.requests} requests, "
+          f"{args.batch} per call")
     print(f"{'image':>6} {'mode':>10} {'ms/request':>11} {'p90 ms':>8} {'requests/s':>11} {'overhead':>9}")
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as store:
@@ -75,6 +82,7 @@ def main() -> None:
             cfg = load_config(RendererPoolConfig, [f"splat_store={store}", f"num_actors={args.actors}",
                                                    f"num_cpus={cpus / args.actors}"])
             work = requests_for(size, 2 * args.requests, scenes)
+            calls = [work[i:i + args.batch] for i in range(0, len(work), args.batch)]
 
             # The same work in-process, on the CPU share one actor gets.
             core = RendererCore(load_config(RendererPoolConfig, [f"splat_store={store}", f"num_cpus={cpus / args.actors}"]))
@@ -82,10 +90,10 @@ def main() -> None:
                 core.render_loss_and_grad(**r)
             lat = []
             t0 = time.perf_counter()
-            for r in work:
+            for call in calls:
                 t = time.perf_counter()
-                core.render_loss_and_grad(**r)
-                lat.append(time.perf_counter() - t)
+                core.render_loss_and_grad_batch(call)
+                lat.append((time.perf_counter() - t) / args.batch)
             local_rate = len(work) / (time.perf_counter() - t0)
             local_ms = statistics.median(lat) * 1e3
             print(f"{size:5d}² {'in-process':>10} {local_ms:11.1f} {np.percentile(lat, 90) * 1e3:8.1f} "
@@ -97,14 +105,14 @@ def main() -> None:
             lat = []
             lock = threading.Lock()
 
-            def caller(part: list[dict]) -> None:
-                for r in part:
+            def caller(part: list[list[dict]]) -> None:
+                for call in part:
                     t = time.perf_counter()
-                    pool.render_loss_and_grad(**r)
+                    pool.render_loss_and_grad_batch(call)
                     with lock:
-                        lat.append(time.perf_counter() - t)
+                        lat.append((time.perf_counter() - t) / args.batch)
 
-            threads = [threading.Thread(target=caller, args=(work[i::2],)) for i in range(2)]
+            threads = [threading.Thread(target=caller, args=(calls[i::2],)) for i in range(2)]
             t0 = time.perf_counter()
             for th in threads:
                 th.start()

@@ -104,11 +104,14 @@ class UNet(nn.Module):
             c = w
         self.up = nn.ModuleList(_Block(widths[i] + widths[i + 1], widths[i]) for i in range(len(widths) - 1))
         self.head = nn.Conv2d(widths[0], c_out, 1)
+        # Channels-last (NHWC) weights and activations: oneDNN's CPU convolutions run faster on
+        # them than on NCHW (docs/benchmarks.md, "Channels-last convolutions").
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         m = 2 ** (len(self.down) - 1)
-        x = F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
+        x = F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate").contiguous(memory_format=torch.channels_last)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.avg_pool2d(x, 2))
