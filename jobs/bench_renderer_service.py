@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="per caller")
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--batch", type=int, default=1, help="requests per call (a training step sends ~10 per actor)")
+    parser.add_argument("--batch", type=int, default=1, help="requests per call (a training step sends 20, about 10 per actor)")
     args = parser.parse_args()
     if args.batch < 1 or args.requests % args.batch:
         parser.error(f"--batch must be >= 1 and divide --requests ({args.requests}), got {args.batch}")

@@ -271,6 +271,23 @@ def test_a_model_saved_without_a_gain_range_loads_unbounded(tmp_path):
     assert load_model(str(tmp_path / "m"))[0].gain_range.tolist() == [0.0, math.inf]
 
 
+def test_weights_saved_in_either_layout_load_channels_last_and_predict_the_same(tmp_path):
+    torch.manual_seed(0)
+    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=8)).eval()
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    # A file of NCHW weights, as models saved before the layout change hold them.
+    save_model(model, str(tmp_path / "m"))
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "m" / "model.pt")
+    loaded = load_model(str(tmp_path / "m"))[0]
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in loaded.modules() if isinstance(m, torch.nn.Conv2d))
+    image, (focus, lens) = torch.rand(2, 3, 20, 28), _lens(2, [0.15, 0.7])
+    with torch.no_grad():
+        a, b = model(image, focus, lens), loaded(image, focus, lens)
+    assert torch.allclose(a["coc"], b["coc"], atol=1e-6) and torch.allclose(a["depth"], b["depth"], atol=1e-6)
+
+
 @pytest.mark.parametrize("damage, message", [
     ("weights", "model.pt is torn, corrupt"),
     ("meta", "model.json is torn or corrupt"),
