@@ -36,7 +36,8 @@ def test_outputs_have_their_shapes_and_stay_in_range():
 def test_eval_widens_the_error_scale_by_the_calibration_and_decodes_with_it():
     torch.manual_seed(0)
     image, (focus, lens) = torch.rand(2, 3, 24, 24), _lens(2, [0.15, 0.7])
-    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=32, scale_calibration=1.0)).eval()
+    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4,), depth_bins=32, scale_calibration=1.0,
+                                 context_sigma_px=0.0)).eval()
     with torch.no_grad():
         plain = model(image, focus, lens)
         model.cfg.scale_calibration = 2.5
@@ -238,7 +239,7 @@ def test_a_focus_plane_at_the_end_of_the_grid_has_one_side_and_finite_odds():
 
 def test_the_nets_see_only_the_gains_they_were_trained_on_and_the_lens_decodes_with_the_true_one():
     torch.manual_seed(0)
-    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4, 8), depth_bins=16)).eval()
+    model = DFDModel(ModelConfig(widths=(4, 8), side_widths=(4, 8), depth_bins=16, context_sigma_px=0.0)).eval()
     assert model.gain_range.tolist() == [0.0, math.inf]  # untrained: no bound
     focus = torch.tensor([0.1, 0.3])
     f1 = optics.Lens(*FOD500)

@@ -42,6 +42,7 @@ from dfd_ray import optics
 from dfd_ray.config import require
 from dfd_ray.filters import gaussian_blur, local_variance
 from dfd_ray.models import posterior_numba
+from dfd_ray.models.context import share_coc
 
 ARCH = "lens-posterior-v2"  # written to model.json; a model of another architecture fails to load by name
 LOGIT_CAP = 30.0  # |near_logit| bound: sigmoid(30) is 1 to float precision
@@ -59,12 +60,18 @@ class ModelConfig:
     band_sigmas_px: tuple[float, ...] = (0.7, 1.4, 2.8)  # difference-of-Gaussian bands (pixels)
     contrast_sigma_px: float = 4.0  # window of the local contrast the bands are divided by (pixels)
     prior_sigma_log: float = 0.1  # width of a splat-depth factor, in log depth
-    fusion_correlation: float = 0.125  # of one scene's photos' CoC errors, in [0, 1]: tempers lens fusion (jobs/bench_fusion.py)
-    scale_calibration: float = 1.75  # > 0: eval and inference widen the CoC error scale b by it (docs/design.md §8; jobs/bench_fusion.py)
+    fusion_correlation: float = 0.0  # of one scene's photos' CoC errors, in [0, 1]: tempers lens fusion (jobs/bench_fusion.py)
+    scale_calibration: float = 1.0  # > 0: eval and inference widen the CoC error scale b by it (docs/design.md §8; jobs/bench_fusion.py)
+    context_sigma_px: float = 24.0  # eval and inference share CoC readings with colour-alike neighbours this far (Gaussian sigma, pixels; 0 = off; models/context.py)
+    context_colour_sigma: float = 0.05  # sRGB distance at which a neighbour's colour stops counting as alike
+    context_strength: float = 256.0  # > 0: weight of the neighbours' shared reading against a pixel's own
 
     def __post_init__(self) -> None:
         require(0.0 <= self.fusion_correlation <= 1.0, "model.fusion_correlation", f"must be in [0, 1], got {self.fusion_correlation}")
         require(self.scale_calibration > 0, "model.scale_calibration", f"must be > 0, got {self.scale_calibration}")
+        require(self.context_sigma_px >= 0, "model.context_sigma_px", f"must be >= 0, got {self.context_sigma_px}")
+        require(self.context_colour_sigma > 0, "model.context_colour_sigma", f"must be > 0, got {self.context_colour_sigma}")
+        require(self.context_strength > 0, "model.context_strength", f"must be > 0, got {self.context_strength}")
 
 
 def lens_planes(focus_distance: torch.Tensor, gain: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -343,8 +350,10 @@ class DFDModel(nn.Module):
         seen = gain.clamp(self.gain_range[0], self.gain_range[1])  # the nets' inputs; the decode uses `gain`
         coc, scale = self.sdnet(image, focus_distance, seen)
         side = self.depthnet.side_logit(coc, scale, image, focus_distance, seen)
-        if not self.training:  # the side net reads the scale it was trained with; the decode, the calibrated one
+        if not self.training:  # the side net reads the maps it was trained with; the decode, the calibrated ones
             scale = scale * self.cfg.scale_calibration
+            coc = share_coc(coc, scale, image, self.cfg.context_sigma_px, self.cfg.context_colour_sigma,
+                            self.cfg.context_strength)
         coc_lik = self.depthnet.coc_log_likelihood(coc, scale, focus_distance, gain) if likelihood else None
         depth, near = self.depthnet.decode_photo(coc, scale, side, focus_distance, gain, prior_depth, prior_conf,
                                                  coc_log_likelihood=coc_lik)
