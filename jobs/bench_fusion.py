@@ -65,9 +65,10 @@ def calibration_scores(model, stacks, scales: list[float], rhos: list[float],
                 fused[r].append((depth_metrics(depth, stack.depth)["abs_rel"],
                                  depth_metrics(depth, stack.depth, FOD500_MAX_DEPTH_M)["abs_rel"],
                                  teacher_disagreement(depth, teacher_depth, teacher_conf)))
-        scores[(sigma, tau)] = {**dict(zip(("abs_rel", "abs_rel_masked"), np.nanmean(np.array(single), axis=0))),
-                       "fused": {r: dict(zip(("abs_rel", "abs_rel_masked", "teacher"), np.nanmean(np.array(v), axis=0)))
-                                 for r, v in fused.items()}}
+        scores[(sigma, tau)] = {
+            **dict(zip(("abs_rel", "abs_rel_masked"), np.nanmean(np.array(single), axis=0))),
+            "fused": {r: dict(zip(("abs_rel", "abs_rel_masked", "teacher"), np.nanmean(np.array(v), axis=0)))
+                      for r, v in fused.items()}}
     return scores
 
 
