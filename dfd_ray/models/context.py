@@ -43,6 +43,15 @@ def window(sigma_px: float) -> tuple[int, int]:
     return int(2 * sigma_px) // step * step, step
 
 
+def _offsets(sigma_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dy, dx) int64 and spatial weight g float32 of every neighbour offset visited, the pixel's own left out."""
+    radius, step = window(sigma_px)
+    dys, dxs = (a.ravel() for a in np.mgrid[-radius:radius + 1:step, -radius:radius + 1:step])
+    keep = (dys != 0) | (dxs != 0)
+    dys, dxs = dys[keep].astype(np.int64), dxs[keep].astype(np.int64)
+    return dys, dxs, np.exp(-(dys**2 + dxs**2) / (2.0 * sigma_px**2)).astype(np.float32)
+
+
 def share_coc(coc: torch.Tensor, scale: torch.Tensor, image: torch.Tensor, sigma_px: float,
               colour_sigma: float, strength: float, backend: str = "auto") -> torch.Tensor:
     """CoC (N, H, W) px, its error scale b (N, H, W) px and the photos (N, 3, H, W) sRGB in [0, 1] →
@@ -53,20 +62,16 @@ def share_coc(coc: torch.Tensor, scale: torch.Tensor, image: torch.Tensor, sigma
         backend = "numba" if coc.device.type == "cpu" else "torch"
     if backend not in ("torch", "numba"):
         raise ValueError(f"backend must be auto, torch or numba, got {backend!r}")
-    radius, step = window(sigma_px)
-    if radius == 0:
+    if window(sigma_px)[0] == 0:
         return coc
+    offsets = _offsets(sigma_px)
     with torch.no_grad():
         if backend == "numba":
-            dys, dxs = (a.ravel() for a in np.mgrid[-radius:radius + 1:step, -radius:radius + 1:step])
-            keep = (dys != 0) | (dxs != 0)
-            dys, dxs = dys[keep].astype(np.int64), dxs[keep].astype(np.int64)
-            spatials = np.exp(-(dys**2 + dxs**2) / (2.0 * sigma_px**2)).astype(np.float32)
             out = np.empty(coc.shape, np.float32)
             launch(_share_kernel, _array(coc), _array(1.0 / scale**2), _array(image.permute(0, 2, 3, 1)),
-                   dys, dxs, spatials, np.float32(0.5 / colour_sigma**2), np.float32(strength), out)
+                   *offsets, np.float32(0.5 / colour_sigma**2), np.float32(strength), out)
             return torch.from_numpy(out)
-        return _share_torch(coc, scale, image, sigma_px, colour_sigma, strength, radius, step)
+        return _share_torch(coc, scale, image, offsets, colour_sigma, strength)
 
 
 def _array(x: torch.Tensor) -> np.ndarray:
@@ -101,9 +106,12 @@ def _share_kernel(coc, precision, image, dys, dxs, spatials, inv_two_colour_var,
             out[n, y, x] = (own * coc[n, y, x] + shared_precision * shared_coc) / (own + shared_precision)
 
 
-def _share_torch(coc: torch.Tensor, scale: torch.Tensor, image: torch.Tensor, sigma_px: float, colour_sigma: float,
-                 strength: float, radius: int, step: int) -> torch.Tensor:
+def _share_torch(coc: torch.Tensor, scale: torch.Tensor, image: torch.Tensor,
+                 offsets: tuple[np.ndarray, np.ndarray, np.ndarray], colour_sigma: float,
+                 strength: float) -> torch.Tensor:
     n, h, w = coc.shape
+    dys, dxs, spatials = offsets
+    radius = int(np.abs(dys).max())
     precision = 1.0 / scale**2
     pad = (radius,) * 4
     guide = F.pad(image, pad, mode="replicate")
@@ -115,17 +123,13 @@ def _share_torch(coc: torch.Tensor, scale: torch.Tensor, image: torch.Tensor, si
     weight_sum = torch.zeros_like(coc)
     coc_sum = torch.zeros_like(coc)
     spatial_sum = torch.zeros_like(coc)
-    for dy in range(-radius, radius + 1, step):
-        for dx in range(-radius, radius + 1, step):
-            if dy == 0 and dx == 0:
-                continue
-            spatial = math.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2))
-            rows, cols = slice(radius + dy, radius + dy + h), slice(radius + dx, radius + dx + w)
-            colour = ((guide[:, :, rows, cols] - image) ** 2).sum(1)
-            weight = spatial * torch.exp(colour * (-0.5 / colour_sigma**2)) * neighbour_precision[:, rows, cols]
-            weight_sum += weight
-            coc_sum += weight * neighbour_coc[:, rows, cols]
-            spatial_sum += spatial * inside[:, rows, cols]
+    for dy, dx, spatial in zip(dys.tolist(), dxs.tolist(), spatials.tolist()):
+        rows, cols = slice(radius + dy, radius + dy + h), slice(radius + dx, radius + dx + w)
+        colour = ((guide[:, :, rows, cols] - image) ** 2).sum(1)
+        weight = spatial * torch.exp(colour * (-0.5 / colour_sigma**2)) * neighbour_precision[:, rows, cols]
+        weight_sum += weight
+        coc_sum += weight * neighbour_coc[:, rows, cols]
+        spatial_sum += spatial * inside[:, rows, cols]
     shared_precision = strength * weight_sum / spatial_sum.clamp_min(1e-30)
     shared_coc = coc_sum / weight_sum.clamp_min(1e-30)
     return (precision * coc + shared_precision * shared_coc) / (precision + shared_precision)
