@@ -75,8 +75,6 @@ class TrainConfig:
         require(all(s >= 1 for s in self.lr_decay_at), "lr_decay_at", f"steps must be >= 1, got {self.lr_decay_at}")
         require(all(v >= 0 for v in self.loss.__dict__.values()) and any(v > 0 for v in self.loss.__dict__.values()),
                 "loss", f"weights must be >= 0 and one at least > 0, got {self.loss}")
-        require(self.loss.teacher_context == 0 or self.model.context_sigma_px > 0, "loss.teacher_context",
-                "shares the CoC as the decode does, so it needs model.context_sigma_px > 0")
 
     def renderer_config(self) -> RendererPoolConfig:
         """The pool's config as the run uses it: its splat store and data default to the run's

@@ -15,7 +15,6 @@ import torch
 
 from dfd_ray import imaging, losses, optics, streaming
 from dfd_ray.models import DFDModel
-from dfd_ray.models.context import share_coc
 from dfd_ray.services.pool import RenderLoss, render_requests
 
 
@@ -32,7 +31,6 @@ class LossWeights:
     renderer pool is started, so no scene needs a splat fit)."""
 
     teacher_coc: float = 1.0  # SDNet's CoC vs the teacher's through the thin lens (pixels), confidence-weighted
-    teacher_context: float = 0.0  # the same after the decode's context sharing (models/context.py), so SDNet learns to be shared
     teacher_scale: float = 0.1  # Laplace likelihood of SDNet's predicted CoC error scale
     teacher_nll: float = 0.0  # -log posterior of the teacher's depth (trains CoC, scale and side as one density)
     side: float = 0.2  # the posterior's side of the focus plane vs the teacher's (cross-entropy; trains the side net)
@@ -103,12 +101,6 @@ def training_step(model: torch.nn.Module, batch: dict, weights: LossWeights, *, 
     terms: dict[str, torch.Tensor] = {}
     terms["teacher_coc"], terms["teacher_scale"] = losses.coc_teacher(
         coc, out["coc_scale"].reshape(b, s, h, w), teacher["coc"], teacher["weight"])
-    if weights.teacher_context > 0:
-        cfg = model_module(model).cfg
-        shared = share_coc(out["coc"], out["coc_scale"], flat, cfg.context_sigma_px, cfg.context_colour_sigma,
-                           cfg.context_strength, backend="torch")
-        terms["teacher_context"] = losses.coc_teacher(shared.reshape(b, s, h, w), out["coc_scale"].reshape(b, s, h, w),
-                                                      teacher["coc"], teacher["weight"])[0]
     if weights.teacher_nll > 0:
         depthnet = model_module(model).depthnet
         terms["teacher_nll"] = losses.posterior_nll(depthnet.log_posterior(out["log_likelihood"]).reshape(b, s, -1, h, w),

@@ -9,8 +9,6 @@ from dfd_ray import optics
 from dfd_ray.config import ConfigError
 from dfd_ray.models import DFDModel, ModelConfig
 from dfd_ray.models.context import share_coc, window
-from dfd_ray.train import TrainConfig
-from dfd_ray.train_step import LossWeights
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
@@ -97,17 +95,3 @@ def test_numba_and_torch_backends_agree(sigma):
     compiled = share_coc(coc, scale, image, sigma, 0.1, 64.0, backend="numba")
     assert torch.allclose(compiled, reference, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(reference, coc)
-
-
-def test_torch_backend_is_differentiable_in_the_reading_and_its_scale():
-    """The `teacher_context` training term backpropagates through the sharing into SDNet's c and b."""
-    torch.manual_seed(2)
-    image = torch.rand(1, 3, 5, 6, dtype=torch.float64)
-    coc = (3 * torch.rand(1, 5, 6, dtype=torch.float64)).requires_grad_()
-    scale = (0.2 + torch.rand(1, 5, 6, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda c, b: share_coc(c, b, image, 1.5, 0.3, 4.0, backend="torch"), (coc, scale))
-
-
-def test_the_context_training_term_needs_the_context_on():
-    with pytest.raises(ConfigError, match="loss.teacher_context"):
-        TrainConfig(data="d", out="o", model=ModelConfig(context_sigma_px=0.0), loss=LossWeights(teacher_context=1.0))

@@ -56,8 +56,7 @@ def share_coc(coc: torch.Tensor, scale: torch.Tensor, image: torch.Tensor, sigma
               colour_sigma: float, strength: float, backend: str = "auto") -> torch.Tensor:
     """CoC (N, H, W) px, its error scale b (N, H, W) px and the photos (N, 3, H, W) sRGB in [0, 1] →
     the CoC (N, H, W) px with each pixel's reading shared with its colour-alike neighbours (the
-    module's formula). sigma_px 0: the CoC unchanged. The torch backend is differentiable in coc
-    and scale (the `teacher_context` training term); numba is not (eval and inference).
+    module's formula). sigma_px 0: the CoC unchanged. Not differentiated (eval and inference only).
     backend "auto": numba for CPU tensors, else torch."""
     if backend == "auto":
         backend = "numba" if coc.device.type == "cpu" else "torch"
@@ -66,12 +65,13 @@ def share_coc(coc: torch.Tensor, scale: torch.Tensor, image: torch.Tensor, sigma
     if window(sigma_px)[0] == 0:
         return coc
     offsets = _offsets(sigma_px)
-    if backend == "numba":
-        out = np.empty(coc.shape, np.float32)
-        launch(_share_kernel, _array(coc), _array(1.0 / scale**2), _array(image.permute(0, 2, 3, 1)),
-               *offsets, np.float32(0.5 / colour_sigma**2), np.float32(strength), out)
-        return torch.from_numpy(out)
-    return _share_torch(coc, scale, image, offsets, colour_sigma, strength)
+    with torch.no_grad():
+        if backend == "numba":
+            out = np.empty(coc.shape, np.float32)
+            launch(_share_kernel, _array(coc), _array(1.0 / scale**2), _array(image.permute(0, 2, 3, 1)),
+                   *offsets, np.float32(0.5 / colour_sigma**2), np.float32(strength), out)
+            return torch.from_numpy(out)
+        return _share_torch(coc, scale, image, offsets, colour_sigma, strength)
 
 
 def _array(x: torch.Tensor) -> np.ndarray:
