@@ -2,8 +2,7 @@
 
 No GT and no all-in-focus image: a scene's teacher depth is its splat fit's depth where a fit
 exists (`splats=` a store of `dfd-ray fit`), else the classical stack depth (`stack_depth`: depth
-from focus and relative blur combined, then shared along the colour regions of the stack's
-composite, `shared_along_colour`; a fraction of a second per 64² stack). With `model=` a
+from focus and relative blur combined; a fraction of a second per 64² stack). With `model=` a
 trained model, that depth becomes the prior of the model's lens fusion of the stack's slices
 (`model_depth`): a self-training round, whose teacher is the last round's model reading the
 whole stack (docs/design.md §8). Through the thin
@@ -16,7 +15,7 @@ Sidecar format (docs/design.md §7): beside the dataset's shards, a folder
 row per stack of that shard:
 
     scene_id    string
-    source      string: "splat", "stack" (`stack_depth`, `shared_along_colour`), or "model" (`model_depth`)
+    source      string: "splat", "stack" (`stack_depth`), or "model" (`model_depth`)
     height, width  int32, pixels (the stack's)
     depth       binary: float16 little-endian, row-major H×W, metres
     confidence  binary: float16 little-endian, row-major H×W, in [0, 1]
@@ -43,14 +42,14 @@ from omegaconf import MISSING
 
 from dfd_ray import focalstack, storage
 from dfd_ray.config import ConfigError, require
-from dfd_ray.depth_from_focus import depth_from_focus, focus_measure
+from dfd_ray.depth_from_focus import depth_from_focus
 from dfd_ray.relative_blur import depth_from_relative_blur
 from dfd_ray.focalstack import DatasetError, FocalStack
 from dfd_ray.ray_session import ensure_ray
 
 FOLDER = "teachers"
 VERSION_KEY = b"dfd_ray.teachers_version"
-VERSION = "2"  # 2: the stack depth shared along colour regions (`shared_along_colour`)
+VERSION = "1"
 MODEL_KEY = b"dfd_ray.teacher_model"  # file metadata of a model-taught sidecar: the model's weights digest
 SCHEMA = pa.schema(
     [
@@ -87,10 +86,6 @@ def sidecar_uri(shard: str) -> str:
 
 
 AGREEMENT_PX = 0.5  # CoC disagreement of the two classical depths at which the confidence falls by 1/e
-# The classical depth shared along the colour regions of the stack's composite (`shared_along_colour`):
-# the window's Gaussian sigma (pixels), the sRGB distance at which colours stop being alike, and
-# the weight of the neighbours' reading against a pixel's own (docs/design.md §8).
-CONTEXT_SIGMA_PX, CONTEXT_COLOUR_SIGMA, CONTEXT_STRENGTH = 8.0, 0.05, 256.0
 
 
 def _mean_gain_px(stack: FocalStack) -> float:
@@ -115,33 +110,6 @@ def stack_depth(stack: FocalStack) -> tuple[np.ndarray, np.ndarray]:
     disagreement_px = gain * np.abs(1.0 / dff - 1.0 / rel)
     depth = 2.0 / (1.0 / dff + 1.0 / rel)
     return depth.astype(np.float32), (np.clip(dff_conf, 0, 1) * np.exp(-disagreement_px / AGREEMENT_PX)).astype(np.float32)
-
-
-def all_in_focus(images: np.ndarray) -> np.ndarray:
-    """Slices (S, H, W, 3) in [0, 1] → a composite (H, W, 3): per pixel the slice of highest focus
-    measure (focus stacking). The colour guide of `shared_along_colour`; never a training target."""
-    sharpest = focus_measure(images).argmax(0)
-    rows, cols = np.indices(sharpest.shape)
-    return images[sharpest, rows, cols]
-
-
-def shared_along_colour(depth: np.ndarray, confidence: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """A teacher depth (H, W) m with its confidence → the depth with each pixel's inverse depth shared
-    with its colour-alike neighbours in the stack's composite (`models.context.share_coc`, the
-    decode's context, applied to the teacher: precision conf + 0.001, CONTEXT_* constants).
-
-    Flat surfaces, where the classical depth cannot see focus, take their textured parts' depth; a
-    pixel keeps its own only where it is far surer than its colour region (λ = 256). On D's 40 held-out fod500 stacks the CoC error through the lens
-    fell 0.530 → 0.398 px, 0.343 → 0.318 weighted by the confidence (docs/benchmarks.md)."""
-    import torch
-
-    from dfd_ray.models.context import share_coc
-
-    guide = torch.from_numpy(np.ascontiguousarray(all_in_focus(images).transpose(2, 0, 1)))[None]
-    inverse = torch.from_numpy(1.0 / depth.astype(np.float32))[None]
-    scale = torch.from_numpy(1.0 / np.sqrt(confidence.astype(np.float32) + 1e-3))[None]
-    shared = share_coc(inverse, scale, guide, CONTEXT_SIGMA_PX, CONTEXT_COLOUR_SIGMA, CONTEXT_STRENGTH)
-    return (1.0 / shared[0].numpy()).astype(np.float32)
 
 
 def model_depth(stack: FocalStack, model, prior: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +151,6 @@ def teacher_maps(stack: FocalStack, splat_store: str = "", model=None) -> tuple[
             pass
     if depth is None:
         depth, confidence = stack_depth(stack)
-        depth = shared_along_colour(depth, confidence, stack.images_float())
         source = "stack"
     if model is not None:
         depth, confidence = model_depth(stack, model, (depth, confidence))

@@ -62,7 +62,6 @@ def test_stack_teacher_prefers_a_splat_fit_and_falls_back_to_the_stack_depth(dat
     unfitted = teachers.stack_teacher(stacks[1], str(tmp_path))
     assert unfitted["source"] == "stack"
     depth, conf = teachers.stack_depth(stacks[1])
-    depth = teachers.shared_along_colour(depth, conf, stacks[1].images_float())
     assert np.frombuffer(unfitted["depth"], "<f2").reshape(32, 32) == pytest.approx(depth, rel=1e-3)
     assert np.frombuffer(unfitted["confidence"], "<f2").reshape(32, 32) == pytest.approx(conf, abs=1e-3)
 
@@ -122,8 +121,7 @@ def test_an_unreadable_shard_fails_alone_and_the_others_are_taught(ray_session, 
 def test_a_model_teacher_is_the_lens_fusion_with_the_classical_depth_as_its_prior(data):
     stack = next(iter(focalstack.read_stacks(f"{data}/train")))
     model = load_model("")[0]  # the shipped model
-    classical, prior_conf = teachers.stack_depth(stack)
-    prior = teachers.shared_along_colour(classical, prior_conf, stack.images_float()), prior_conf
+    prior = teachers.stack_depth(stack)
     depth, conf, source = teachers.teacher_maps(stack, model=model)
     assert source == "model" and depth.shape == conf.shape == (32, 32)
     log_lik = torch.from_numpy(predict_slices(model, stack)["log_likelihood"])
@@ -161,29 +159,6 @@ def test_a_torn_or_foreign_sidecar_is_named_in_the_error(tmp_path):
         teachers.read_sidecar(str(bad))
     assert not teachers.sidecar_is_current(str(tmp_path / "part-00000.parquet"))
 
-
-
-def test_the_composite_takes_each_pixel_from_its_sharpest_slice():
-    rng = np.random.default_rng(0)
-    images = np.full((2, 16, 16, 3), 0.5, np.float32)
-    images[0, :, :8] = rng.random((16, 8, 3))  # slice 0 shows detail on the left, slice 1 on the right
-    images[1, :, 8:] = rng.random((16, 8, 3))
-    composite = teachers.all_in_focus(images)
-    assert np.array_equal(composite[:, :4], images[0, :, :4]) and np.array_equal(composite[:, 12:], images[1, :, 12:])
-
-
-def test_the_shared_teacher_fills_unsure_pixels_from_their_colour_region_and_keeps_sure_ones():
-    images = np.zeros((3, 24, 24, 3), np.float32)
-    images[:, :, :12, 0] = 0.8  # a red surface at 0.5 m on the left, a green one at 1 m on the right
-    images[:, :, 12:, 1] = 0.6
-    depth = np.where(np.arange(24) < 12, 0.5, 1.0)[None].repeat(24, 0).astype(np.float32)
-    conf = np.where(np.arange(24) < 12, 0.9, 0.0)[None].repeat(24, 0).astype(np.float32)  # the green one unsure
-    depth[10, 5], conf[10, 5] = 2.0, 0.0  # an unsure reading inside the sure red surface
-    depth[3, 20], conf[3, 20] = 0.25, 0.9  # a sure one inside the unsure green surface
-    shared = teachers.shared_along_colour(depth, conf, images)
-    assert shared[10, 5] == pytest.approx(0.5, rel=1e-3)  # taken from its colour region
-    assert shared[3, 20] == pytest.approx(0.25, abs=0.1)  # keeps its own: far surer than its region
-    assert np.allclose(shared[:, 11], 0.5, rtol=1e-3) and np.allclose(shared[::4, 12], 1.0, rtol=2e-3)  # no crossing
 
 
 def test_stack_teacher_finds_fronto_parallel_planes_and_trusts_agreement(tmp_path):
